@@ -1,0 +1,231 @@
+//! The internal admin listener (plain HTTP, CONTRACT §7):
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 while accepting, 503 while draining |
+//! | `GET /metrics` | Prometheus text |
+//! | `POST /api/publish` | `{"room","data"}` → `{"offset":N}`, delivered `from:"@server"` |
+//! | `POST /api/disconnect` | `{"user"}` → `{"closed":N}`, sessions closed with 4003 |
+//! | `GET /api/rooms` | `[{"room","members","connections"}]` |
+//!
+//! `/api/*` needs `Authorization: Bearer <admin.api_key>`, compared in constant time. Published
+//! data goes through the same checks as a client's (size, depth, room name, sanitizing).
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::protocol::{close, RoomName};
+use crate::sanitize::{json_depth, sanitize_value, MAX_DEPTH};
+use crate::server::Server;
+
+/// The sender name of messages published through the admin API.
+pub const SERVER_SENDER: &str = "@server";
+/// Room for the JSON envelope around `data` in an admin publish.
+const ENVELOPE_ALLOWANCE: usize = 1024;
+
+pub struct Admin {
+    pub server: Arc<Server>,
+    pub api_key: String,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_resp(status: StatusCode, body: Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Resp {
+    json_resp(status, json!({ "error": message }))
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    room: String,
+    data: Value,
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    user: String,
+}
+
+impl Admin {
+    /// Serves until shutdown. Admin connections are short and not drained.
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        let shutdown = self.server.shared.shutdown.clone();
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.route(req).await) }
+                });
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await
+                {
+                    debug!(peer = %peer, error = %e, "admin connection ended");
+                }
+            });
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let Ok(v) = value.to_str() else { return false };
+        let Some((scheme, key)) = v.split_once(' ') else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case("bearer")
+            && bool::from(key.trim().as_bytes().ct_eq(self.api_key.as_bytes()))
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Resp {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        match (method.clone(), path.as_str()) {
+            (Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+            (Method::GET, "/readyz") => {
+                if self.server.draining.load(Ordering::SeqCst)
+                    || self.server.shared.shutdown.is_cancelled()
+                {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into(), "text/plain")
+                } else {
+                    text(StatusCode::OK, "ready\n".into(), "text/plain")
+                }
+            }
+            (Method::GET, "/metrics") => {
+                let hub = &self.server.shared.hub;
+                hub.sweep(std::time::Instant::now());
+                text(
+                    StatusCode::OK,
+                    self.server.shared.metrics.encode(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+            }
+            (_, p) if p.starts_with("/api/") => {
+                if !self.authorized(&req) {
+                    let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong Authorization: Bearer <admin.api_key>");
+                    r.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    return r;
+                }
+                let r = match (method, p) {
+                    (Method::POST, "/api/publish") => self.publish(req).await,
+                    (Method::POST, "/api/disconnect") => self.disconnect(req).await,
+                    (Method::GET, "/api/rooms") => {
+                        json_resp(StatusCode::OK, json!(self.server.shared.hub.rooms()))
+                    }
+                    (_, "/api/publish" | "/api/disconnect" | "/api/rooms") => {
+                        error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+                    }
+                    _ => error(StatusCode::NOT_FOUND, "no such admin route"),
+                };
+                info!(route = p, status = r.status().as_u16(), "admin request");
+                r
+            }
+            _ => error(StatusCode::NOT_FOUND, "no such admin route"),
+        }
+    }
+
+    /// Reads a JSON body of at most `limit` bytes.
+    async fn body<T: serde::de::DeserializeOwned>(
+        req: Request<Incoming>,
+        limit: usize,
+    ) -> Result<T, Resp> {
+        let bytes = match Limited::new(req.into_body(), limit).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("body larger than {limit} bytes"),
+                ))
+            }
+            Err(_) => return Err(error(StatusCode::BAD_REQUEST, "could not read the body")),
+        };
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| error(StatusCode::BAD_REQUEST, "body is not UTF-8"))?;
+        if json_depth(text, MAX_DEPTH) > MAX_DEPTH {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                &format!("JSON nested deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        serde_json::from_str(text)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")))
+    }
+
+    async fn publish(&self, req: Request<Incoming>) -> Resp {
+        let max = self.server.shared.live.load().limits.max_message_bytes;
+        let body: PublishBody = match Self::body(req, max + ENVELOPE_ALLOWANCE).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let room = match RoomName::parse(&body.room) {
+            Ok(r) => r,
+            Err(m) => return error(StatusCode::BAD_REQUEST, m),
+        };
+        let mut data = body.data;
+        sanitize_value(&mut data);
+        match self
+            .server
+            .shared
+            .hub
+            .publish(&room, SERVER_SENDER, &data, None)
+        {
+            Ok(offset) => json_resp(StatusCode::OK, json!({ "offset": offset })),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
+    }
+
+    async fn disconnect(&self, req: Request<Incoming>) -> Resp {
+        let body: DisconnectBody = match Self::body(req, 4096).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let closed = self
+            .server
+            .shared
+            .hub
+            .disconnect_user(&body.user, close::KICKED);
+        json_resp(StatusCode::OK, json!({ "closed": closed }))
+    }
+}

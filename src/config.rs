@@ -1,0 +1,640 @@
+//! The configuration file: serde structs with the contract's defaults, environment overrides
+//! (`WSGATE__SECTION__KEY`), and validation that names the offending key.
+//!
+//! Loading never binds or opens sockets; `serve` and `check-config` both call [`Config::load`],
+//! so `check-config` says exactly what `serve` would refuse.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Keys whose value is a list of strings; the environment gives them comma-separated.
+const LIST_KEYS: &[&str] = &["origin.allowed", "auth.algorithms"];
+
+/// The hs_secret and admin key that ship in the examples: refused on public addresses.
+pub const DEFAULT_HS_SECRET: &str = "change-me";
+pub const DEFAULT_API_KEY: &str = "change-me-too";
+
+/// Why a configuration could not be used. Each message names the key and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration, as read from the file plus environment overrides.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub origin: OriginConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub rooms: RoomsConfig,
+    pub admin: AdminConfig,
+    pub cluster: ClusterConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub ws_path: String,
+    pub static_dir: String,
+    pub max_connections: usize,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8443".into(),
+            ws_path: "/ws".into(),
+            static_dir: "web".into(),
+            max_connections: 100_000,
+            handshake_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Development only: when cert and key are both missing, make a dev CA and a server
+    /// certificate for localhost at start (see `gen-cert`). Refused on non-loopback listeners.
+    pub generate_dev_cert: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: "certs/dev/server.crt".into(),
+            key: "certs/dev/server.key".into(),
+            generate_dev_cert: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginConfig {
+    pub allowed: Vec<String>,
+    pub allow_missing: bool,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            allowed: vec!["https://localhost:8443".into()],
+            allow_missing: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub algorithms: Vec<String>,
+    pub hs_secret: String,
+    pub hs_secret_file: String,
+    pub public_keys: Vec<PublicKeyConfig>,
+    pub issuer: String,
+    pub audience: String,
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    pub cookie_name: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithms: vec!["HS256".into()],
+            hs_secret: DEFAULT_HS_SECRET.into(),
+            hs_secret_file: String::new(),
+            public_keys: Vec::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway: Duration::from_secs(30),
+            cookie_name: String::new(),
+        }
+    }
+}
+
+/// One public key for asymmetric tokens, selected by the token header's `kid`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyConfig {
+    pub kid: String,
+    pub alg: String,
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub messages_per_second: u32,
+    pub burst: u32,
+    pub max_message_bytes: usize,
+    pub handshakes_per_ip_per_minute: u32,
+    pub max_connections_per_ip: usize,
+    pub max_rooms_per_connection: usize,
+    pub send_queue: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            messages_per_second: 20,
+            burst: 40,
+            max_message_bytes: 16384,
+            handshakes_per_ip_per_minute: 120,
+            max_connections_per_ip: 1000,
+            max_rooms_per_connection: 64,
+            send_queue: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    pub history_size: usize,
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: String,
+    pub api_key: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9090".into(),
+            api_key: DEFAULT_API_KEY.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub redis_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the configuration comes from: a file and (normally) the process environment.
+pub struct Source<'a> {
+    pub path: &'a Path,
+    /// `None` reads the process environment; tests pass a map instead.
+    pub env: Option<HashMap<String, String>>,
+}
+
+impl Config {
+    /// Reads, merges and validates the configuration. Nothing is bound or opened.
+    pub fn load(source: Source<'_>) -> Result<Config, ConfigError> {
+        let path = source.path;
+        let shown = path.display().to_string();
+        if !path.is_file() {
+            return Err(ConfigError::File {
+                path: shown,
+                message: "not found (pass --config PATH)".into(),
+            });
+        }
+        let mut env = config::Environment::with_prefix("WSGATE")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true);
+        for key in LIST_KEYS {
+            env = env.with_list_parse_key(key);
+        }
+        let env = env.source(source.env);
+        let built = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(env)
+            .build()
+            .map_err(|e| ConfigError::File {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+        let cfg: Config = built.try_deserialize().map_err(|e| ConfigError::File {
+            path: shown,
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value that serde could not; the first problem is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let listen = self.listen_addr()?;
+        let admin = self.admin_addr()?;
+        if listen == admin {
+            return Err(ConfigError::invalid(
+                "admin.listen",
+                "must differ from server.listen",
+            ));
+        }
+        let s = &self.server;
+        if !s.ws_path.starts_with('/') {
+            return Err(ConfigError::invalid(
+                "server.ws_path",
+                "must start with '/'",
+            ));
+        }
+        if s.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        for (key, d) in [
+            ("server.handshake_timeout", s.handshake_timeout),
+            ("server.ping_interval", s.ping_interval),
+            ("server.idle_timeout", s.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(key, "must be longer than 0s"));
+            }
+        }
+        if s.idle_timeout < s.ping_interval {
+            return Err(ConfigError::invalid(
+                "server.idle_timeout",
+                "must be at least server.ping_interval (clients answer pings)",
+            ));
+        }
+        if self.tls.generate_dev_cert && !listen.ip().is_loopback() {
+            return Err(ConfigError::invalid(
+                "tls.generate_dev_cert",
+                "is for development only and needs a loopback server.listen",
+            ));
+        }
+        if self.origin.allowed.is_empty() && !self.origin.allow_missing {
+            return Err(ConfigError::invalid(
+                "origin.allowed",
+                "is empty and origin.allow_missing is false: every handshake would be refused",
+            ));
+        }
+        crate::origin::OriginPolicy::new(&self.origin)
+            .map_err(|e| ConfigError::invalid("origin.allowed", e.to_string()))?;
+        self.validate_auth(listen)?;
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.messages_per_second", l.messages_per_second as usize),
+            ("limits.burst", l.burst as usize),
+            ("limits.max_message_bytes", l.max_message_bytes),
+            (
+                "limits.handshakes_per_ip_per_minute",
+                l.handshakes_per_ip_per_minute as usize,
+            ),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            ("limits.max_rooms_per_connection", l.max_rooms_per_connection),
+            ("limits.send_queue", l.send_queue),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if l.max_message_bytes > 64 * 1024 * 1024 {
+            return Err(ConfigError::invalid(
+                "limits.max_message_bytes",
+                "must be at most 64 MiB",
+            ));
+        }
+        if self.rooms.history_ttl.is_zero() && self.rooms.history_size > 0 {
+            return Err(ConfigError::invalid(
+                "rooms.history_ttl",
+                "must be longer than 0s when rooms.history_size > 0",
+            ));
+        }
+        if self.admin.api_key.is_empty() {
+            return Err(ConfigError::invalid(
+                "admin.api_key",
+                "must not be empty",
+            ));
+        }
+        if !admin.ip().is_loopback() && self.admin.api_key == DEFAULT_API_KEY {
+            return Err(ConfigError::invalid(
+                "admin.api_key",
+                "is the example key while admin.listen is not a loopback address: set a real key",
+            ));
+        }
+        if !self.cluster.redis_url.is_empty() {
+            return Err(ConfigError::invalid(
+                "cluster.redis_url",
+                "multi-node mode is not available in this version: leave it empty",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    fn validate_auth(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        if a.algorithms.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.algorithms",
+                "must list at least one algorithm",
+            ));
+        }
+        if !a.hs_secret_file.is_empty() && !a.hs_secret.is_empty() && a.hs_secret != DEFAULT_HS_SECRET
+        {
+            return Err(ConfigError::invalid(
+                "auth.hs_secret_file",
+                "set either auth.hs_secret or auth.hs_secret_file, not both",
+            ));
+        }
+        if a.hs_secret_file.is_empty()
+            && a.hs_secret == DEFAULT_HS_SECRET
+            && !listen.ip().is_loopback()
+            && a.algorithms.iter().any(|alg| alg.starts_with("HS"))
+        {
+            return Err(ConfigError::invalid(
+                "auth.hs_secret",
+                "is the example secret while server.listen is not a loopback address: set a real secret",
+            ));
+        }
+        if !a.cookie_name.is_empty() && self.origin.allow_missing {
+            return Err(ConfigError::invalid(
+                "auth.cookie_name",
+                "requires origin.allow_missing = false (a cookie is sent by any page's socket)",
+            ));
+        }
+        // Building the verifier checks algorithms, the secret and every key file.
+        crate::auth::Verifier::from_config(a).map_err(|e| match e {
+            crate::auth::VerifierError::Config { key, message } => {
+                ConfigError::Invalid { key, message }
+            }
+        })?;
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("server.listen", &self.server.listen)
+    }
+
+    pub fn admin_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("admin.listen", &self.admin.listen)
+    }
+
+    /// `server.static_dir`, or `None` when static files are off.
+    pub fn static_dir(&self) -> Option<PathBuf> {
+        (!self.server.static_dir.is_empty()).then(|| PathBuf::from(&self.server.static_dir))
+    }
+
+    /// The configuration as TOML, with secrets replaced by a marker.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.auth.hs_secret.is_empty() {
+            shown.auth.hs_secret = REDACTED.into();
+        }
+        shown.admin.api_key = REDACTED.into();
+        if !shown.cluster.redis_url.is_empty() {
+            shown.cluster.redis_url = REDACTED.into();
+        }
+        toml_string(&shown)
+    }
+
+    /// Keys that differ between `self` and `next` and that only a restart applies.
+    pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let pairs: [(&'static str, bool); 7] = [
+            ("server.listen", self.server.listen != next.server.listen),
+            ("server.ws_path", self.server.ws_path != next.server.ws_path),
+            (
+                "server.static_dir",
+                self.server.static_dir != next.server.static_dir,
+            ),
+            ("admin.listen", self.admin.listen != next.admin.listen),
+            ("admin.api_key", self.admin.api_key != next.admin.api_key),
+            ("cluster.redis_url", self.cluster != next.cluster),
+            ("log.format", self.log.format != next.log.format),
+        ];
+        for (key, changed) in pairs {
+            if changed {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+}
+
+const REDACTED: &str = "<redacted>";
+
+fn toml_string(cfg: &Config) -> String {
+    // Durations print as humantime strings; a hand-rolled writer keeps the output readable
+    // without pulling a TOML serializer in just for this.
+    let value = serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null);
+    let mut out = String::new();
+    if let serde_json::Value::Object(sections) = value {
+        for (name, section) in sections {
+            out.push_str(&format!("[{name}]\n"));
+            if let serde_json::Value::Object(keys) = section {
+                for (k, v) in keys {
+                    out.push_str(&format!("{k} = {}\n", toml_value(&v)));
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn toml_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Array(items) => {
+            let parts: Vec<String> = items.iter().map(toml_value).collect();
+            format!("[{}]", parts.join(", "))
+        }
+        serde_json::Value::Object(map) => {
+            let parts: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", toml_value(v)))
+                .collect();
+            format!("{{ {} }}", parts.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("{value:?} is not an IP:port address (e.g. 127.0.0.1:8443)"),
+        )
+    })
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(toml.as_bytes()).expect("write");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(Source {
+            path: f.path(),
+            env: Some(env),
+        })
+    }
+
+    #[test]
+    fn empty_file_gives_contract_defaults() {
+        let cfg = load_str("", &[]).expect("defaults are valid");
+        assert_eq!(cfg, Config::default());
+        assert_eq!(cfg.server.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.rooms.history_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn env_overrides_scalars_and_lists() {
+        let cfg = load_str(
+            "[server]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("WSGATE__SERVER__LISTEN", "127.0.0.1:9443"),
+                ("WSGATE__LIMITS__BURST", "7"),
+                ("WSGATE__SERVER__IDLE_TIMEOUT", "2m"),
+                (
+                    "WSGATE__ORIGIN__ALLOWED",
+                    "https://a.example,https://b.example",
+                ),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(cfg.server.listen, "127.0.0.1:9443");
+        assert_eq!(cfg.limits.burst, 7);
+        assert_eq!(cfg.server.idle_timeout, Duration::from_secs(120));
+        assert_eq!(
+            cfg.origin.allowed,
+            vec!["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load_str("[server]\nlistn = \"x\"\n", &[]).expect_err("typo");
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let err = load_str("[server]\nidle_timeout = \"5 parsecs\"\n", &[]).expect_err("bad");
+        let msg = err.to_string();
+        assert!(msg.contains("idle_timeout"), "{msg}");
+    }
+
+    #[test]
+    fn missing_file_is_reported() {
+        let err = Config::load(Source {
+            path: Path::new("/nonexistent/wsgate.toml"),
+            env: Some(HashMap::new()),
+        })
+        .expect_err("missing");
+        assert!(err.to_string().contains("not found"), "{err}");
+    }
+
+    #[test]
+    fn default_secret_refused_on_public_listener() {
+        let err = load_str("[server]\nlisten = \"0.0.0.0:443\"\n", &[]).expect_err("public");
+        assert!(err.to_string().starts_with("auth.hs_secret"), "{err}");
+    }
+
+    #[test]
+    fn default_api_key_refused_on_public_admin() {
+        let err = load_str("[admin]\nlisten = \"0.0.0.0:9090\"\n", &[]).expect_err("public");
+        assert!(err.to_string().starts_with("admin.api_key"), "{err}");
+    }
+
+    #[test]
+    fn redaction_hides_secrets() {
+        let mut cfg = Config::default();
+        cfg.auth.hs_secret = "super-secret-value".into();
+        cfg.admin.api_key = "admin-secret-value".into();
+        let shown = cfg.redacted_toml();
+        assert!(!shown.contains("super-secret-value"));
+        assert!(!shown.contains("admin-secret-value"));
+        assert!(shown.contains("listen = \"127.0.0.1:8443\""), "{shown}");
+        assert!(shown.contains("handshake_timeout = \"5s\""), "{shown}");
+    }
+}

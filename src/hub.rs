@@ -1,0 +1,451 @@
+//! The room hub: membership, presence and local fan-out. It never sees a socket: each session
+//! is a [`SessionHandle`] (a bounded queue plus a close switch).
+//!
+//! Streams, offsets and history belong to the [`Broker`]; the hub subscribes to a room when
+//! its first local member joins and receives every publication through [`BrokerHandler`].
+//!
+//! A join is ordered against live traffic without holding a lock across the broker call: the
+//! member is added in a *recovering* state that buffers live publications, the broker is asked
+//! for the replay, then (under the room lock again) `joined`, the replay and the buffered
+//! publications past the replay's end are queued, and the member goes live. So a session never
+//! sees a message twice or out of order, whatever is published meanwhile.
+//!
+//! Locks: the room map, then one room; never across an await, never while calling the broker.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, BrokerError, BrokerHandler, Publication, PublishRequest, SessionId};
+use crate::metrics::Metrics;
+use crate::protocol::{close, PresenceEvent, RequestId, RoomName, ServerMsg, Since};
+
+/// What a session's writer sends, in queue order.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A reply or presence frame for this session.
+    Frame(Utf8Bytes),
+    /// A live publication; the writer accounts it for the fan-out latency.
+    Live(Arc<Publication>),
+    /// A publication replayed on join.
+    Replay(Arc<Publication>),
+}
+
+/// Asks a session to close with a code; the first request wins.
+#[derive(Debug)]
+pub struct SessionCtl {
+    code: AtomicU16,
+    token: CancellationToken,
+}
+
+impl SessionCtl {
+    pub fn new(token: CancellationToken) -> Self {
+        SessionCtl {
+            code: AtomicU16::new(0),
+            token,
+        }
+    }
+
+    /// Requests a close with `code`. Returns false when a close was already requested.
+    pub fn close(&self, code: u16) -> bool {
+        let first = self
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        self.token.cancel();
+        first
+    }
+
+    /// The requested code; a cancelled token without one means shutdown (1001).
+    pub fn code(&self) -> u16 {
+        match self.code.load(Ordering::Acquire) {
+            0 => close::GOING_AWAY,
+            c => c,
+        }
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+/// The hub's view of one session.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub id: SessionId,
+    pub user: Arc<str>,
+    pub tx: mpsc::Sender<Outbound>,
+    pub ctl: Arc<SessionCtl>,
+}
+
+impl SessionHandle {
+    /// Queues a frame; a full queue closes the session as too slow (1013).
+    pub fn send(&self, item: Outbound, metrics: &Metrics) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.ctl.close(close::SLOW) {
+                    metrics.slow_consumer();
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+struct Member {
+    handle: SessionHandle,
+    /// `Some` while the join's replay is being prepared: live publications wait here.
+    recovering: Option<Vec<Arc<Publication>>>,
+}
+
+#[derive(Default)]
+struct Room {
+    members: HashMap<SessionId, Member>,
+    /// Sessions per user, for per-user presence.
+    users: HashMap<Arc<str>, u32>,
+    /// Set when the room left the map; a join that raced with it retries.
+    closed: bool,
+}
+
+/// A room as the admin API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomInfo {
+    pub room: String,
+    pub members: usize,
+    pub connections: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    AlreadyJoined,
+}
+
+pub struct Hub {
+    rooms: RwLock<HashMap<RoomName, Arc<Mutex<Room>>>>,
+    broker: Arc<dyn Broker>,
+    sessions: Mutex<HashMap<Arc<str>, Vec<SessionHandle>>>,
+    next_session: AtomicU64,
+    /// Most publications buffered for one recovering member before it counts as slow.
+    recovery_buffer: std::sync::atomic::AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub fn new(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, send_queue: usize) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
+            rooms: RwLock::new(HashMap::new()),
+            broker,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            recovery_buffer: std::sync::atomic::AtomicUsize::new(send_queue),
+            metrics,
+        });
+        let weak: Weak<Hub> = Arc::downgrade(&hub);
+        hub.broker.attach(weak);
+        hub
+    }
+
+    pub fn set_send_queue(&self, n: usize) {
+        self.recovery_buffer.store(n, Ordering::Relaxed);
+    }
+
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn next_session_id(&self) -> SessionId {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes a session known (for the admin API and the connection gauge).
+    pub fn register(&self, handle: &SessionHandle) {
+        lock(&self.sessions)
+            .entry(handle.user.clone())
+            .or_default()
+            .push(handle.clone());
+        self.metrics.connections.inc();
+    }
+
+    pub fn unregister(&self, handle: &SessionHandle) {
+        let mut sessions = lock(&self.sessions);
+        if let Some(list) = sessions.get_mut(&handle.user) {
+            list.retain(|h| h.id != handle.id);
+            if list.is_empty() {
+                sessions.remove(&handle.user);
+            }
+        }
+        self.metrics.connections.dec();
+    }
+
+    /// Closes every session of `user` with `code`; returns how many.
+    pub fn disconnect_user(&self, user: &str, code: u16) -> usize {
+        let sessions = lock(&self.sessions);
+        sessions.get(user).map_or(0, |list| {
+            list.iter().filter(|h| h.ctl.close(code)).count()
+        })
+    }
+
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).values().map(Vec::len).sum()
+    }
+
+    fn read_rooms(&self) -> std::sync::RwLockReadGuard<'_, HashMap<RoomName, Arc<Mutex<Room>>>> {
+        self.rooms.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_rooms(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<RoomName, Arc<Mutex<Room>>>> {
+        self.rooms.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `frame` to every member of `room` except `except`.
+    fn broadcast_local(&self, room: &Room, frame: &Utf8Bytes, except: SessionId) {
+        for (id, m) in &room.members {
+            if *id != except {
+                m.handle.send(Outbound::Frame(frame.clone()), &self.metrics);
+            }
+        }
+    }
+
+    /// Adds a session to a room and queues `joined`, the replay and then live messages.
+    pub fn join(
+        &self,
+        handle: &SessionHandle,
+        room_name: &RoomName,
+        since: Option<&Since>,
+        id: Option<&RequestId>,
+    ) -> Result<(), JoinError> {
+        // 1. Become a recovering member (live publications are buffered from now on).
+        let (room, first_local, members) = loop {
+            let existing = self.read_rooms().get(room_name).cloned();
+            let (room, created) = match existing {
+                Some(r) => (r, false),
+                None => {
+                    let mut rooms = self.write_rooms();
+                    match rooms.get(room_name) {
+                        Some(r) => (r.clone(), false),
+                        None => {
+                            let r = Arc::new(Mutex::new(Room::default()));
+                            rooms.insert(room_name.clone(), r.clone());
+                            (r, true)
+                        }
+                    }
+                }
+            };
+            let mut r = lock(&room);
+            if r.closed {
+                continue;
+            }
+            if r.members.contains_key(&handle.id) {
+                return Err(JoinError::AlreadyJoined);
+            }
+            r.members.insert(
+                handle.id,
+                Member {
+                    handle: handle.clone(),
+                    recovering: Some(Vec::new()),
+                },
+            );
+            let count = r.users.entry(handle.user.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                let frame = Utf8Bytes::from(
+                    ServerMsg::Presence {
+                        room: room_name.as_str(),
+                        event: PresenceEvent::Join,
+                        user: &handle.user,
+                    }
+                    .to_text(),
+                );
+                self.broadcast_local(&r, &frame, handle.id);
+            }
+            let members: Vec<Arc<str>> = r.users.keys().cloned().collect();
+            drop(r);
+            break (room, created, members);
+        };
+        // 2. Ask the broker (no hub lock held). Every local member holds one subscription.
+        let _ = first_local;
+        self.broker.subscribe(room_name);
+        let recovery = self.broker.recover(room_name, since);
+        // 3. Queue joined + replay + buffered live publications, then go live.
+        let mut r = lock(&room);
+        let Some(member) = r.members.get_mut(&handle.id) else {
+            return Ok(()); // the session left meanwhile
+        };
+        let buffered = member.recovering.take().unwrap_or_default();
+        let joined = ServerMsg::Joined {
+            room: room_name.as_str(),
+            epoch: &recovery.epoch,
+            offset: recovery.offset,
+            recovered: recovery.recovered,
+            members: &members,
+            id,
+        }
+        .to_text();
+        let h = &member.handle;
+        let mut ok = h.send(Outbound::Frame(Utf8Bytes::from(joined)), &self.metrics);
+        for p in recovery.publications {
+            if !ok {
+                break;
+            }
+            ok = h.send(Outbound::Replay(p), &self.metrics);
+        }
+        for p in buffered {
+            if !ok {
+                break;
+            }
+            if *p.epoch == *recovery.epoch && p.offset > recovery.offset
+                && p.origin != Some(handle.id)
+            {
+                ok = h.send(Outbound::Replay(p), &self.metrics);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a session from a room; presence leave (when `announce`) if it was the user's
+    /// last session there. Returns false when the session was not a member.
+    pub fn leave(&self, handle: &SessionHandle, room_name: &RoomName, announce: bool) -> bool {
+        let Some(room) = self.read_rooms().get(room_name).cloned() else {
+            return false;
+        };
+        let empty = {
+            let mut r = lock(&room);
+            if r.members.remove(&handle.id).is_none() {
+                return false;
+            }
+            let last_of_user = match r.users.get_mut(&handle.user) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => {
+                    r.users.remove(&handle.user);
+                    true
+                }
+            };
+            if last_of_user && announce {
+                let frame = Utf8Bytes::from(
+                    ServerMsg::Presence {
+                        room: room_name.as_str(),
+                        event: PresenceEvent::Leave,
+                        user: &handle.user,
+                    }
+                    .to_text(),
+                );
+                self.broadcast_local(&r, &frame, handle.id);
+            }
+            r.members.is_empty()
+        };
+        if empty {
+            let mut rooms = self.write_rooms();
+            let mut r = lock(&room);
+            if r.members.is_empty() && !r.closed {
+                r.closed = true;
+                rooms.remove(room_name);
+            }
+        }
+        self.broker.unsubscribe(room_name);
+        true
+    }
+
+    /// Publishes into a room through the broker; returns the message's offset.
+    pub fn publish(
+        &self,
+        room: &RoomName,
+        from: &str,
+        data: &serde_json::Value,
+        origin: Option<SessionId>,
+    ) -> Result<u64, BrokerError> {
+        self.broker.publish(PublishRequest {
+            room,
+            from,
+            data,
+            origin,
+        })
+    }
+
+    /// Rooms with local members, for the admin API.
+    pub fn rooms(&self) -> Vec<RoomInfo> {
+        let rooms: Vec<(RoomName, Arc<Mutex<Room>>)> = self
+            .read_rooms()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut out: Vec<RoomInfo> = rooms
+            .into_iter()
+            .map(|(name, room)| {
+                let r = lock(&room);
+                RoomInfo {
+                    room: name.to_string(),
+                    members: r.users.len(),
+                    connections: r.members.len(),
+                }
+            })
+            .filter(|i| i.connections > 0)
+            .collect();
+        out.sort_by(|a, b| a.room.cmp(&b.room));
+        out
+    }
+
+    /// Periodic upkeep: history expiry and the room gauge.
+    pub fn sweep(&self, now: Instant) {
+        self.broker.sweep(now);
+        self.metrics.rooms.set(self.broker.room_count() as i64);
+    }
+}
+
+impl BrokerHandler for Hub {
+    fn on_publication(&self, room_name: &RoomName, p: Arc<Publication>) {
+        let Some(room) = self.read_rooms().get(room_name).cloned() else {
+            return;
+        };
+        let mut r = lock(&room);
+        let cap = self.recovery_buffer.load(Ordering::Relaxed);
+        // Every potential recipient is counted up front; the ones skipped are taken off
+        // below, so a writer can never bring the count to zero before the loop ends.
+        p.pending.store(r.members.len() + 1, Ordering::Release);
+        let mut not_sent = 1;
+        for (id, m) in r.members.iter_mut() {
+            if Some(*id) == p.origin {
+                not_sent += 1;
+                continue;
+            }
+            match &mut m.recovering {
+                Some(buffer) => {
+                    not_sent += 1;
+                    if buffer.len() >= cap {
+                        if m.handle.ctl.close(close::SLOW) {
+                            self.metrics.slow_consumer();
+                        }
+                    } else {
+                        buffer.push(p.clone());
+                    }
+                }
+                None => {
+                    if !m.handle.send(Outbound::Live(p.clone()), &self.metrics) {
+                        not_sent += 1;
+                    }
+                }
+            }
+        }
+        drop(r);
+        if p.pending.fetch_sub(not_sent, Ordering::AcqRel) == not_sent {
+            self.metrics.fanout_done(p.accepted);
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Admission limits: per-IP handshake rate (governor, keyed), connection permits (global and
+//! per IP), and the per-connection message bucket.
+//!
+//! Memory stays bounded under many distinct addresses: the keyed limiter is pruned on a timer
+//! (`retain_recent` + `shrink_to_fit`), IPv6 clients are keyed by their /64 (one host usually
+//! owns a whole /64), and the per-IP connection counts only hold addresses with open
+//! connections.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, MonotonicClock};
+use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+/// A client address as the limits see it: IPv4 as is, IPv6 by /64.
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+type KeyedLimiter = RateLimiter<IpAddr, DashMapStateStore<IpAddr>, MonotonicClock>;
+
+/// Per-IP handshake rate limiting (every attempt counts, refused ones included).
+pub struct HandshakeLimiter {
+    limiter: KeyedLimiter,
+    clock: MonotonicClock,
+}
+
+impl HandshakeLimiter {
+    pub fn new(per_minute: u32) -> Self {
+        let clock = MonotonicClock;
+        HandshakeLimiter {
+            limiter: RateLimiter::dashmap_with_clock(Quota::per_minute(nonzero(per_minute)), clock.clone()),
+            clock,
+        }
+    }
+
+    /// `Err(retry_after)` when `ip` is over its rate.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.limiter
+            .check_key(&ip_key(ip))
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Forgets addresses whose bucket is full again; call on a timer.
+    pub fn prune(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+/// Counts open connections, globally and per IP.
+#[derive(Debug, Default)]
+pub struct ConnectionCounter {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapacityRefusal {
+    Total,
+    PerIp,
+}
+
+/// An admitted connection; dropping it frees the slot.
+#[derive(Debug)]
+pub struct ConnPermit {
+    counter: Arc<ConnectionCounter>,
+    ip: IpAddr,
+}
+
+impl ConnectionCounter {
+    pub fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<ConnPermit, CapacityRefusal> {
+        let key = ip_key(ip);
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if self.total.load(Ordering::Relaxed) >= max_total {
+            return Err(CapacityRefusal::Total);
+        }
+        let n = per_ip.entry(key).or_insert(0);
+        if *n >= max_per_ip {
+            if *n == 0 {
+                per_ip.remove(&key);
+            }
+            return Err(CapacityRefusal::PerIp);
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnPermit {
+            counter: self.clone(),
+            ip: key,
+        })
+    }
+
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut per_ip = self.counter.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        self.counter.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One connection's publish bucket.
+pub struct MessageLimiter {
+    limiter: RateLimiter<NotKeyed, InMemoryState, MonotonicClock>,
+    rate: (u32, u32),
+}
+
+impl MessageLimiter {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let quota = Quota::per_second(nonzero(per_second)).allow_burst(nonzero(burst));
+        MessageLimiter {
+            limiter: RateLimiter::direct_with_clock(quota, MonotonicClock),
+            rate: (per_second, burst),
+        }
+    }
+
+    /// True when one more message is allowed now.
+    pub fn allow(&self) -> bool {
+        self.limiter.check().is_ok()
+    }
+
+    /// The `(messages_per_second, burst)` this bucket was made with.
+    pub fn rate(&self) -> (u32, u32) {
+        self.rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_limit_is_per_ip_and_says_when_to_retry() {
+        let l = HandshakeLimiter::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(l.check(a).is_ok());
+        assert!(l.check(a).is_ok());
+        let retry = l.check(a).expect_err("third within a minute");
+        assert!(retry > Duration::from_secs(1) && retry <= Duration::from_secs(30));
+        assert!(l.check(b).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_slash_64() {
+        let x: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let y: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(ip_key(x), ip_key(y));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(ip_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn permits_count_and_release() {
+        let c = Arc::new(ConnectionCounter::default());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let p1 = c.acquire(ip, 10, 2).expect("first");
+        let _p2 = c.acquire(ip, 10, 2).expect("second");
+        assert_eq!(c.acquire(ip, 10, 2).unwrap_err(), CapacityRefusal::PerIp);
+        assert_eq!(c.acquire("10.0.0.9".parse().unwrap(), 2, 5).unwrap_err(), CapacityRefusal::Total);
+        drop(p1);
+        assert_eq!(c.total(), 1);
+        assert!(c.acquire(ip, 10, 2).is_ok());
+    }
+
+    #[test]
+    fn message_bucket_allows_burst_then_refuses() {
+        let l = MessageLimiter::new(1, 3);
+        assert!(l.allow() && l.allow() && l.allow());
+        assert!(!l.allow());
+    }
+}

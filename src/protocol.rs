@@ -1,0 +1,284 @@
+//! Wire types of CONTRACT §4 and the close codes of §6. Serde only: checking happens in
+//! [`crate::sanitize`], which is the only producer of [`ClientMsg`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Close codes the gateway sends (CONTRACT §6).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNSUPPORTED: u16 = 1003;
+    pub const INVALID_UTF8: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const SLOW: u16 = 1013;
+    pub const IDLE: u16 = 4000;
+    pub const EXPIRED: u16 = 4001;
+    pub const KICKED: u16 = 4003;
+
+    /// Every code the gateway may send, for metrics labels.
+    pub const ALL: [u16; 11] = [
+        NORMAL,
+        GOING_AWAY,
+        UNSUPPORTED,
+        INVALID_UTF8,
+        POLICY,
+        TOO_BIG,
+        INTERNAL,
+        SLOW,
+        IDLE,
+        EXPIRED,
+        KICKED,
+    ];
+
+    /// The reason text sent with a close code.
+    pub fn reason(code: u16) -> &'static str {
+        match code {
+            NORMAL => "bye",
+            GOING_AWAY => "server shutting down",
+            UNSUPPORTED => "binary frames are not accepted",
+            INVALID_UTF8 => "invalid UTF-8",
+            POLICY => "policy violation",
+            TOO_BIG => "message too big",
+            SLOW => "too slow to read messages",
+            IDLE => "idle timeout",
+            EXPIRED => "token expired",
+            KICKED => "disconnected by the server",
+            _ => "internal error",
+        }
+    }
+}
+
+/// Longest accepted string `id`.
+pub const MAX_ID_BYTES: usize = 64;
+
+/// A checked room name: 1–64 characters of `[A-Za-z0-9_.:-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomName(Arc<str>);
+
+impl RoomName {
+    pub fn parse(s: &str) -> Result<RoomName, &'static str> {
+        if s.is_empty() || s.len() > 64 {
+            return Err("room names are 1 to 64 characters");
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        {
+            return Err("room names use only A-Z a-z 0-9 _ . : -");
+        }
+        Ok(RoomName(Arc::from(s)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for RoomName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// A client's request id: a number or a short string, echoed in the reply.
+pub type RequestId = Value;
+
+/// A recovery position: the last message a client has seen in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Since {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// A checked client message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMsg {
+    Join {
+        room: RoomName,
+        since: Option<Since>,
+        id: Option<RequestId>,
+    },
+    Leave {
+        room: RoomName,
+        id: Option<RequestId>,
+    },
+    Publish {
+        room: RoomName,
+        /// Sanitized: no forbidden characters, depth checked.
+        data: Value,
+        id: Option<RequestId>,
+    },
+    Refresh {
+        token: String,
+        id: Option<RequestId>,
+    },
+}
+
+/// Error codes of CONTRACT §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Forbidden,
+    NotJoined,
+    RateLimited,
+    TooManyRooms,
+    TokenInvalid,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::TokenInvalid => "token_invalid",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Whether this refusal counts toward the "10 in a row" abuse limit (CONTRACT §5).
+    pub fn counts_as_abuse(&self) -> bool {
+        matches!(
+            self,
+            ErrorCode::BadRequest | ErrorCode::Forbidden | ErrorCode::NotJoined
+        )
+    }
+}
+
+/// Messages the server sends. Serialized with [`ServerMsg::to_text`].
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg<'a> {
+    Welcome {
+        user: &'a str,
+        session: &'a str,
+        expires_at: u64,
+    },
+    Joined {
+        room: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        recovered: bool,
+        members: &'a [Arc<str>],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+    },
+    Left {
+        room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+    },
+    Message {
+        room: &'a str,
+        from: &'a str,
+        data: &'a Value,
+        epoch: &'a str,
+        offset: u64,
+        ts: u64,
+    },
+    Presence {
+        room: &'a str,
+        event: PresenceEvent,
+        user: &'a str,
+    },
+    Ack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        offset: u64,
+    },
+    Refreshed {
+        expires_at: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        code: ErrorCode,
+        message: &'a str,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceEvent {
+    Join,
+    Leave,
+}
+
+impl ServerMsg<'_> {
+    /// The JSON text of this message. Serializing these types cannot fail (string keys,
+    /// no maps with non-string keys), so the fallback is never taken.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"serialization failed"}"#.to_string()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_follow_the_contract() {
+        assert!(RoomName::parse("lobby").is_ok());
+        assert!(RoomName::parse("team:42:chat-1_a.b").is_ok());
+        assert!(RoomName::parse(&"a".repeat(64)).is_ok());
+        assert!(RoomName::parse(&"a".repeat(65)).is_err());
+        assert!(RoomName::parse("").is_err());
+        assert!(RoomName::parse("with space").is_err());
+        assert!(RoomName::parse("émoji").is_err());
+    }
+
+    #[test]
+    fn server_messages_serialize_as_documented() {
+        let id = Value::from(4);
+        assert_eq!(
+            ServerMsg::Ack {
+                id: Some(&id),
+                offset: 58
+            }
+            .to_text(),
+            r#"{"type":"ack","id":4,"offset":58}"#
+        );
+        assert_eq!(
+            ServerMsg::Error {
+                id: None,
+                code: ErrorCode::RateLimited,
+                message: "slow down"
+            }
+            .to_text(),
+            r#"{"type":"error","code":"rate_limited","message":"slow down"}"#
+        );
+        assert_eq!(
+            ServerMsg::Presence {
+                room: "lobby",
+                event: PresenceEvent::Leave,
+                user: "carol"
+            }
+            .to_text(),
+            r#"{"type":"presence","room":"lobby","event":"leave","user":"carol"}"#
+        );
+    }
+}

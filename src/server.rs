@@ -1,0 +1,322 @@
+//! The public listener: accept → TLS → HTTP/1.1 (hyper) → either static files or the
+//! WebSocket handshake gate → a session task.
+//!
+//! `server.handshake_timeout` bounds everything from accept to `101`: a client that sends
+//! nothing, stalls in TLS or dribbles its headers is dropped when it runs out. Plain HTTP on
+//! the TLS port gets a readable `400` instead of a TLS alert.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::handshake::{self, Gate};
+use crate::limits::{ConnectionCounter, HandshakeLimiter};
+use crate::live::Shared;
+use crate::metrics::HandshakeResult;
+use crate::session::{self, Accepted};
+use crate::tls::ReloadableCert;
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// tungstenite's read chunk. Its default (128 KiB, allocated per connection) would make idle
+/// connections cost ~130 KiB each; 4 KiB keeps them small and still reads a typical chat
+/// message in one go (larger ones just take more reads).
+const WS_READ_BUFFER: usize = 4 * 1024;
+/// Bytes gathered before tungstenite writes to the socket; batches of small frames go out in
+/// one TLS record stream.
+const WS_WRITE_BUFFER: usize = 16 * 1024;
+
+/// Content-Security-Policy for the static files (CONTRACT §8).
+const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// The public listener's shared state.
+pub struct Server {
+    pub shared: Arc<Shared>,
+    pub cert: Arc<ReloadableCert>,
+    pub acceptor: TlsAcceptor,
+    pub rate: ArcSwap<HandshakeLimiter>,
+    pub conns: Arc<ConnectionCounter>,
+    pub tracker: TaskTracker,
+    pub ws_path: String,
+    pub static_dir: Option<PathBuf>,
+    /// Set when shutdown begins; `/readyz` turns 503.
+    pub draining: AtomicBool,
+}
+
+impl Server {
+    /// Accepts until shutdown. Each connection runs on its own task in `tracker`.
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        let shutdown = self.shared.shutdown.clone();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let server = self.clone();
+                    self.tracker.spawn(async move { server.connection(tcp, peer).await });
+                }
+                Err(e) => {
+                    // Usually EMFILE: back off a little instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let timeout = self.shared.live.load().server.handshake_timeout;
+        let deadline = Instant::now() + timeout;
+        let metrics = &self.shared.metrics;
+        // TLS records start with 0x16; anything else is most likely plain HTTP.
+        let mut first = [0u8; 1];
+        match timeout_at(deadline, tcp.peek(&mut first)).await {
+            Ok(Ok(1)) if first[0] != 0x16 => {
+                metrics.handshake(HandshakeResult::TlsError);
+                info!(peer = %peer.ip(), result = "refused", reason = "not_tls", "handshake");
+                reply_not_tls(tcp).await;
+                return;
+            }
+            Ok(Ok(1)) => {}
+            Ok(_) => return,
+            Err(_) => {
+                metrics.handshake(HandshakeResult::Timeout);
+                info!(peer = %peer.ip(), result = "refused", reason = "timeout", "handshake");
+                return;
+            }
+        }
+        let tls = match timeout_at(deadline, self.acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                metrics.handshake(HandshakeResult::TlsError);
+                info!(peer = %peer.ip(), result = "refused", reason = "tls_error", error = %e, "handshake");
+                return;
+            }
+            Err(_) => {
+                metrics.handshake(HandshakeResult::Timeout);
+                info!(peer = %peer.ip(), result = "refused", reason = "timeout", "handshake");
+                return;
+            }
+        };
+        let answered = Arc::new(AtomicBool::new(false));
+        let server = self.clone();
+        let flag = answered.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let server = server.clone();
+            let flag = flag.clone();
+            async move {
+                let resp = server.request(req, peer).await;
+                flag.store(true, Ordering::Relaxed);
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout)
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(tls), svc)
+            .with_upgrades();
+        match timeout_at(deadline, conn).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(peer = %peer.ip(), error = %e, "http connection ended"),
+            Err(_) => {
+                if !answered.load(Ordering::Relaxed) {
+                    metrics.handshake(HandshakeResult::Timeout);
+                    info!(peer = %peer.ip(), result = "refused", reason = "timeout", "handshake");
+                }
+            }
+        }
+    }
+
+    async fn request(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if req.uri().path() == self.ws_path {
+            return self.websocket(req, peer);
+        }
+        match &self.static_dir {
+            Some(dir) => serve_static(dir, req).await,
+            None => plain(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    fn websocket(self: &Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let live = self.shared.live.load_full();
+        let rate = self.rate.load();
+        let gate = Gate {
+            live: &live,
+            rate: &rate,
+            conns: &self.conns,
+        };
+        let metrics = &self.shared.metrics;
+        let admitted = match handshake::check(&req, peer.ip(), &gate) {
+            Ok(a) => a,
+            Err(refusal) => {
+                metrics.handshake(refusal.metric());
+                info!(peer = %peer.ip(), result = "refused", status = refusal.status().as_u16(), reason = refusal.reason(), "handshake");
+                let mut resp = plain(refusal.status(), &format!("{refusal}\n"));
+                let h = resp.headers_mut();
+                match &refusal {
+                    handshake::Refusal::RateLimited { retry_after } => {
+                        let secs = retry_after.as_secs().max(1);
+                        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                            h.insert(header::RETRY_AFTER, v);
+                        }
+                    }
+                    handshake::Refusal::UpgradeRequired(_) => {
+                        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                    }
+                    handshake::Refusal::Token(_) => {
+                        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    }
+                    _ => {}
+                }
+                return resp;
+            }
+        };
+        metrics.handshake(HandshakeResult::Ok);
+        info!(peer = %peer.ip(), result = "ok", user = %admitted.identity.user, "handshake");
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        for (k, v) in handshake::switching_headers(&admitted) {
+            resp.headers_mut().insert(k, v);
+        }
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(WS_READ_BUFFER)
+            .write_buffer_size(WS_WRITE_BUFFER)
+            .max_write_buffer_size(usize::MAX)
+            .max_message_size(Some(live.limits.max_message_bytes))
+            .max_frame_size(Some(live.limits.max_message_bytes));
+        let upgrade = hyper::upgrade::on(&mut req);
+        let shared = self.shared.clone();
+        let accepted = Accepted {
+            identity: admitted.identity,
+            peer,
+            permit: admitted.permit,
+        };
+        self.tracker.spawn(async move {
+            let upgraded = match upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    debug!(peer = %peer.ip(), error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            // Recover the TLS stream itself so the session avoids hyper's boxed IO.
+            match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+                Ok(parts) => {
+                    let io = parts.io.into_inner();
+                    let ws = if parts.read_buf.is_empty() {
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await
+                    } else {
+                        WebSocketStream::from_partially_read(
+                            io,
+                            parts.read_buf.to_vec(),
+                            Role::Server,
+                            Some(ws_config),
+                        )
+                        .await
+                    };
+                    session::run(ws, accepted, shared).await;
+                }
+                Err(upgraded) => {
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(ws_config),
+                    )
+                    .await;
+                    session::run(ws, accepted, shared).await;
+                }
+            }
+        });
+        resp
+    }
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A plain-text response.
+pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(text.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    resp
+}
+
+/// Files under `static_dir`, with the security headers of CONTRACT §8.
+async fn serve_static(dir: &std::path::Path, req: Request<Incoming>) -> Response<Body> {
+    use tower::ServiceExt;
+    let svc = tower_http::services::ServeDir::new(dir)
+        .append_index_html_on_directories(true);
+    let (parts, _) = req.into_parts();
+    let req = Request::from_parts(parts, Full::new(Bytes::new()));
+    let mut resp = match svc.oneshot(req).await {
+        Ok(r) => r.map(|b| b.map_err(std::io::Error::other).boxed_unsync()),
+        Err(never) => match never {},
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Some(ct) = h.get(header::CONTENT_TYPE) {
+        let is_text = ct
+            .to_str()
+            .is_ok_and(|s| s.starts_with("text/") || s.contains("javascript"));
+        if is_text && !ct.to_str().is_ok_and(|s| s.contains("charset")) {
+            if let Ok(v) = HeaderValue::from_str(&format!("{}; charset=utf-8", ct.to_str().unwrap_or("text/plain"))) {
+                h.insert(header::CONTENT_TYPE, v);
+            }
+        }
+    }
+    resp
+}
+
+async fn reply_not_tls(mut tcp: TcpStream) {
+    const BODY: &str = "This port speaks TLS only: use https:// or wss://.\n";
+    let resp = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tcp.write_all(resp.as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}

@@ -1,0 +1,429 @@
+//! One authenticated connection after `101`: reads client messages, writes its bounded queue,
+//! pings, and enforces idle time, token expiry, rate limits and the abuse rules of CONTRACT §5.
+//!
+//! A single task owns the socket: it `select!`s over the close switch, the outbound queue, the
+//! next client frame, the ping timer and the token's expiry. Writes are batched (feed, then one
+//! flush per burst) and can always be interrupted by the close switch, so a client that stops
+//! reading cannot pin the task: its queue fills, the hub flips the switch (1013), and the
+//! session ends, freeing its memory.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info_span, Instrument};
+
+use crate::auth::{unix_now, Identity};
+use crate::broker::Publication;
+use crate::hub::{JoinError, Outbound, SessionCtl, SessionHandle};
+use crate::limits::{ConnPermit, MessageLimiter};
+use crate::live::Shared;
+use crate::metrics::DropReason;
+use crate::protocol::{close, ClientMsg, ErrorCode, RequestId, RoomName, ServerMsg};
+use crate::sanitize::parse_client;
+
+/// Most queued frames written before one flush.
+const MAX_BATCH: usize = 256;
+/// Refused messages in a row that close the connection (CONTRACT §5).
+const MAX_REFUSED_STREAK: u32 = 10;
+/// How long publishing past the rate limit may go on before 1008 (CONTRACT §5).
+const FLOOD_LIMIT: Duration = Duration::from_secs(5);
+/// How long a close frame may take to leave once the session has decided to end.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything a session needs from its handshake.
+pub struct Accepted {
+    pub identity: Identity,
+    pub peer: SocketAddr,
+    pub permit: ConnPermit,
+}
+
+/// Runs a session to its end.
+pub async fn run<S>(ws: WebSocketStream<S>, accepted: Accepted, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let hub = shared.hub.clone();
+    let id = hub.next_session_id();
+    let session_id = format!("{:08x}{id:x}", shared.node_tag);
+    let span = info_span!(
+        "session",
+        session = %session_id,
+        peer = %accepted.peer.ip(),
+        user = %accepted.identity.user
+    );
+    async move {
+        let live = shared.live.load_full();
+        let (tx, rx) = mpsc::channel(live.limits.send_queue);
+        let ctl = Arc::new(SessionCtl::new(shared.shutdown.child_token()));
+        let handle = SessionHandle {
+            id,
+            user: accepted.identity.user.clone(),
+            tx,
+            ctl: ctl.clone(),
+        };
+        hub.register(&handle);
+        let welcome = ServerMsg::Welcome {
+            user: &accepted.identity.user,
+            session: &session_id,
+            expires_at: accepted.identity.expires_at,
+        }
+        .to_text();
+        handle.send(Outbound::Frame(Utf8Bytes::from(welcome)), &shared.metrics);
+        let limiter = MessageLimiter::new(live.limits.messages_per_second, live.limits.burst);
+        let mut session = Session {
+            shared: shared.clone(),
+            handle,
+            identity: accepted.identity,
+            joined: HashSet::new(),
+            limiter,
+            refused_streak: 0,
+            limited_since: None,
+            last_seen: Instant::now(),
+        };
+        let code = session.serve(ws, rx).await;
+        debug!(code = code.unwrap_or(0), "session ended");
+        drop(accepted.permit);
+    }
+    .instrument(span)
+    .await
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    handle: SessionHandle,
+    identity: Identity,
+    joined: HashSet<RoomName>,
+    limiter: MessageLimiter,
+    refused_streak: u32,
+    /// When the current run of rate-limited publishes began.
+    limited_since: Option<Instant>,
+    last_seen: Instant,
+}
+
+enum WriteError {
+    Cancelled,
+    Socket,
+}
+
+/// The session's deadline for a token: `exp` plus the configured leeway.
+fn expiry_instant(expires_at: u64, leeway: u64) -> Instant {
+    let left = (expires_at + leeway).saturating_sub(unix_now());
+    Instant::now() + Duration::from_secs(left)
+}
+
+impl Session {
+    async fn serve<S>(&mut self, mut ws: WebSocketStream<S>, mut rx: mpsc::Receiver<Outbound>) -> Option<u16>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let live = self.shared.live.load_full();
+        let ping_every = live.server.ping_interval;
+        let idle_timeout = live.server.idle_timeout;
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let expiry = tokio::time::sleep_until(expiry_instant(self.identity.expires_at, live.leeway_secs));
+        tokio::pin!(expiry);
+        drop(live);
+        let ctl = self.handle.ctl.clone();
+        let mut settled: Vec<Arc<Publication>> = Vec::new();
+
+        let code = loop {
+            tokio::select! {
+                biased;
+                _ = ctl.token().cancelled() => break Some(ctl.code()),
+                item = rx.recv() => {
+                    let Some(item) = item else { break Some(close::INTERNAL) };
+                    let write = write_batch(&mut ws, item, &mut rx, &mut settled, &self.shared);
+                    let r = tokio::select! {
+                        r = write => r,
+                        _ = ctl.token().cancelled() => Err(WriteError::Cancelled),
+                    };
+                    match r {
+                        Ok(()) => {}
+                        Err(WriteError::Cancelled) => break Some(ctl.code()),
+                        Err(WriteError::Socket) => break None,
+                    }
+                }
+                msg = ws.next() => {
+                    self.last_seen = Instant::now();
+                    match msg {
+                        None => break None,
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(code) = self.on_text(&text, &mut expiry) {
+                                break Some(code);
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => break Some(close::UNSUPPORTED),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Close(_))) => {
+                            // tungstenite has queued the reply; send it and stop.
+                            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, ws.flush()).await;
+                            break None;
+                        }
+                        Some(Err(e)) => break read_error_code(&e),
+                    }
+                }
+                _ = ping.tick() => {
+                    if self.last_seen.elapsed() >= idle_timeout {
+                        break Some(close::IDLE);
+                    }
+                    let send = ws.send(Message::Ping(Default::default()));
+                    let r = tokio::select! {
+                        r = send => r.map_err(|_| WriteError::Socket),
+                        _ = ctl.token().cancelled() => Err(WriteError::Cancelled),
+                    };
+                    match r {
+                        Ok(()) => {}
+                        Err(WriteError::Cancelled) => break Some(ctl.code()),
+                        Err(WriteError::Socket) => break None,
+                    }
+                }
+                _ = &mut expiry => break Some(close::EXPIRED),
+            }
+        };
+
+        // Leave every room first so nothing new is queued. At shutdown everyone leaves at
+        // once: presence is not announced then (it would be n² frames for nobody).
+        let announce = code != Some(close::GOING_AWAY);
+        for room in self.joined.drain() {
+            self.shared.hub.leave(&self.handle, &room, announce);
+        }
+        self.shared.hub.unregister(&self.handle);
+        if let Some(code) = code {
+            if code == close::GOING_AWAY {
+                // Drain what is queued (bounded by the shutdown grace in `main`).
+                while let Ok(item) = rx.try_recv() {
+                    let (msg, _) = to_message(item);
+                    if ws.feed(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            rx.close();
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: close::reason(code).into(),
+            };
+            self.shared.metrics.close_sent(code);
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, ws.close(Some(frame))).await;
+            if code != close::SLOW {
+                // Wait briefly for the client's close reply so it sees a clean close.
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+            }
+        }
+        code
+    }
+
+    fn reply(&self, msg: ServerMsg<'_>) {
+        self.handle.send(Outbound::Frame(Utf8Bytes::from(msg.to_text())), &self.shared.metrics);
+    }
+
+    /// Answers a refusal; returns a close code when the abuse limit is reached.
+    fn refuse(&mut self, id: Option<&RequestId>, code: ErrorCode, message: &str) -> Option<u16> {
+        self.reply(ServerMsg::Error { id, code, message });
+        let reason = match code {
+            ErrorCode::BadRequest => Some(DropReason::BadRequest),
+            ErrorCode::Forbidden => Some(DropReason::Forbidden),
+            ErrorCode::NotJoined => Some(DropReason::NotJoined),
+            ErrorCode::TooManyRooms => Some(DropReason::TooManyRooms),
+            ErrorCode::RateLimited => Some(DropReason::RateLimited),
+            _ => None,
+        };
+        if let Some(r) = reason {
+            self.shared.metrics.dropped(r);
+        }
+        if code.counts_as_abuse() {
+            self.refused_streak += 1;
+            if self.refused_streak > MAX_REFUSED_STREAK {
+                return Some(close::POLICY);
+            }
+        }
+        None
+    }
+
+    fn on_text(
+        &mut self,
+        text: &str,
+        expiry: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Option<u16> {
+        let metrics = &self.shared.metrics;
+        metrics.messages_in.inc();
+        metrics.bytes_in.inc_by(text.len() as u64);
+        let live = self.shared.live.load();
+        if text.len() > live.limits.max_message_bytes {
+            return Some(close::TOO_BIG);
+        }
+        let msg = match parse_client(text) {
+            Ok(m) => m,
+            Err(e) => return self.refuse(e.id.as_ref(), ErrorCode::BadRequest, &e.message),
+        };
+        match msg {
+            ClientMsg::Join { room, since, id } => {
+                if !self.identity.rooms.allows(room.as_str()) {
+                    return self.refuse(id.as_ref(), ErrorCode::Forbidden, "your token does not allow this room");
+                }
+                if self.joined.contains(&room) {
+                    return self.refuse(id.as_ref(), ErrorCode::BadRequest, "already joined this room");
+                }
+                if self.joined.len() >= live.limits.max_rooms_per_connection {
+                    let message = format!(
+                        "at most {} rooms per connection",
+                        live.limits.max_rooms_per_connection
+                    );
+                    return self.refuse(id.as_ref(), ErrorCode::TooManyRooms, &message);
+                }
+                match self.shared.hub.join(&self.handle, &room, since.as_ref(), id.as_ref()) {
+                    Ok(()) => {
+                        self.joined.insert(room);
+                    }
+                    Err(JoinError::AlreadyJoined) => {
+                        return self.refuse(id.as_ref(), ErrorCode::BadRequest, "already joined this room")
+                    }
+                }
+            }
+            ClientMsg::Leave { room, id } => {
+                if !self.joined.remove(&room) {
+                    return self.refuse(id.as_ref(), ErrorCode::NotJoined, "not in this room");
+                }
+                self.shared.hub.leave(&self.handle, &room, true);
+                self.reply(ServerMsg::Left {
+                    room: room.as_str(),
+                    id: id.as_ref(),
+                });
+            }
+            ClientMsg::Publish { room, data, id } => {
+                if !self.joined.contains(&room) {
+                    return self.refuse(id.as_ref(), ErrorCode::NotJoined, "join the room before publishing");
+                }
+                let want = (live.limits.messages_per_second, live.limits.burst);
+                if self.limiter.rate() != want {
+                    self.limiter = MessageLimiter::new(want.0, want.1);
+                }
+                if !self.limiter.allow() {
+                    let now = Instant::now();
+                    let since = *self.limited_since.get_or_insert(now);
+                    if now.duration_since(since) >= FLOOD_LIMIT {
+                        return Some(close::POLICY);
+                    }
+                    let message = format!("{} messages/s exceeded", want.0);
+                    return self.refuse(id.as_ref(), ErrorCode::RateLimited, &message);
+                }
+                self.limited_since = None;
+                match self.shared.hub.publish(&room, &self.identity.user, &data, Some(self.handle.id)) {
+                    Ok(offset) => {
+                        if id.is_some() {
+                            self.reply(ServerMsg::Ack {
+                                id: id.as_ref(),
+                                offset,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        self.reply(ServerMsg::Error {
+                            id: id.as_ref(),
+                            code: ErrorCode::Internal,
+                            message: &e.to_string(),
+                        });
+                    }
+                }
+            }
+            ClientMsg::Refresh { token, id } => {
+                match live.verifier.verify(&token) {
+                    Err(e) => {
+                        self.reply(ServerMsg::Error {
+                            id: id.as_ref(),
+                            code: ErrorCode::TokenInvalid,
+                            message: &e.to_string(),
+                        });
+                    }
+                    Ok(next) if next.user != self.identity.user => {
+                        return self.refuse(id.as_ref(), ErrorCode::Forbidden, "a refresh token must be for the same user");
+                    }
+                    Ok(next) => {
+                        expiry
+                            .as_mut()
+                            .reset(expiry_instant(next.expires_at, live.leeway_secs));
+                        self.reply(ServerMsg::Refreshed {
+                            expires_at: next.expires_at,
+                            id: id.as_ref(),
+                        });
+                        self.identity = next;
+                    }
+                }
+            }
+        }
+        self.refused_streak = 0;
+        None
+    }
+}
+
+/// The close code for a read error, or `None` when the connection is simply gone.
+fn read_error_code(e: &tungstenite::Error) -> Option<u16> {
+    match e {
+        tungstenite::Error::Capacity(_) => Some(close::TOO_BIG),
+        tungstenite::Error::Utf8(_) => Some(close::INVALID_UTF8),
+        tungstenite::Error::Protocol(_) => Some(close::POLICY),
+        _ => None,
+    }
+}
+
+fn to_message(item: Outbound) -> (Message, Option<Arc<Publication>>) {
+    match item {
+        Outbound::Frame(f) => (Message::Text(f), None),
+        Outbound::Replay(p) => (Message::Text(p.frame.clone()), None),
+        Outbound::Live(p) => (Message::Text(p.frame.clone()), Some(p)),
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to [`MAX_BATCH`]), then flushes once.
+async fn write_batch<S>(
+    ws: &mut WebSocketStream<S>,
+    first: Outbound,
+    rx: &mut mpsc::Receiver<Outbound>,
+    settled: &mut Vec<Arc<Publication>>,
+    shared: &Shared,
+) -> Result<(), WriteError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut item = Some(first);
+    let mut count = 0u64;
+    let mut bytes = 0u64;
+    while let Some(it) = item {
+        let (msg, live) = to_message(it);
+        bytes += msg.len() as u64;
+        ws.feed(msg).await.map_err(|_| WriteError::Socket)?;
+        if let Some(p) = live {
+            settled.push(p);
+        }
+        count += 1;
+        if count as usize >= MAX_BATCH {
+            break;
+        }
+        item = rx.try_recv().ok();
+    }
+    ws.flush().await.map_err(|_| WriteError::Socket)?;
+    let metrics = &shared.metrics;
+    metrics.messages_out.inc_by(count);
+    metrics.bytes_out.inc_by(bytes);
+    for p in settled.drain(..) {
+        if p.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            metrics.fanout_done(p.accepted);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! TLS: PEM certificate chain + key → a rustls `ServerConfig` whose certificate can be swapped
+//! while the gateway runs, and the development CA behind `gen-cert`.
+//!
+//! The resolver holds the current [`CertifiedKey`] in an `ArcSwap`: a reload swaps it, new
+//! handshakes get the new pair, open connections keep theirs, and session resumption state is
+//! untouched. A pair that fails to load (unreadable, not PEM, key not matching the
+//! certificate) is reported and the old one keeps serving.
+
+use std::fmt;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why a certificate/key pair could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls.cert {path}: {message}")]
+    Cert { path: String, message: String },
+    #[error("tls.key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("tls.key does not belong to tls.cert, or is not a supported key: {0}")]
+    Mismatch(String),
+    #[error("dev certificate: {0}")]
+    Generate(String),
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Loads and checks a PEM chain and its private key (PKCS#8, PKCS#1 or SEC1).
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_err = |message: String| TlsError::Cert {
+        path: cert.display().to_string(),
+        message,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(cert_err("no CERTIFICATE block found".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.display().to_string(),
+        message: e.to_string(),
+    })?;
+    CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| TlsError::Mismatch(e.to_string()))
+}
+
+/// Serves whichever certificate was loaded last.
+pub struct ReloadableCert {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl fmt::Debug for ReloadableCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ReloadableCert")
+    }
+}
+
+impl ReloadableCert {
+    pub fn new(key: CertifiedKey) -> Arc<Self> {
+        Arc::new(ReloadableCert {
+            current: ArcSwap::from_pointee(key),
+        })
+    }
+
+    /// Loads a new pair; on error the old one stays.
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let next = load_certified_key(cert, key)?;
+        self.current.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// DER of the leaf certificate being served.
+    pub fn leaf_der(&self) -> Vec<u8> {
+        self.current
+            .load()
+            .cert
+            .first()
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default()
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// TLS 1.3 and 1.2 only, ALPN http/1.1, server cipher order, no 0-RTT.
+pub fn server_config(cert: Arc<ReloadableCert>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Mismatch(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.ignore_client_order = true;
+    cfg.max_early_data_size = 0;
+    Ok(Arc::new(cfg))
+}
+
+/// Files written by [`generate_dev_certs`].
+pub struct DevCertPaths {
+    pub ca_cert: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+}
+
+/// Writes a development CA (`ca.crt`, `ca.key`) and a server certificate it signed for every
+/// host (`server.crt`, `server.key`) into `out`. ECDSA P-256; keys are written mode 0600.
+pub fn generate_dev_certs(out: &Path, hosts: &[String]) -> Result<DevCertPaths, TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    fs::create_dir_all(out).map_err(|e| TlsError::Generate(format!("{}: {e}", out.display())))?;
+
+    let ca_key = KeyPair::generate().map_err(gen)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wsgate development CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(gen)?;
+    let issuer = Issuer::new(ca_params, &ca_key);
+
+    let server_key = KeyPair::generate().map_err(gen)?;
+    let mut params = CertificateParams::new(hosts.to_vec()).map_err(gen)?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        hosts.first().cloned().unwrap_or_else(|| "localhost".into()),
+    );
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = params.signed_by(&server_key, &issuer).map_err(gen)?;
+
+    let paths = DevCertPaths {
+        ca_cert: out.join("ca.crt"),
+        server_cert: out.join("server.crt"),
+        server_key: out.join("server.key"),
+    };
+    write_file(&paths.ca_cert, ca_cert.pem().as_bytes(), false)?;
+    write_file(&out.join("ca.key"), ca_key.serialize_pem().as_bytes(), true)?;
+    write_file(&paths.server_cert, server_cert.pem().as_bytes(), false)?;
+    write_file(&paths.server_key, server_key.serialize_pem().as_bytes(), true)?;
+    Ok(paths)
+}
+
+fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), TlsError> {
+    use std::io::Write;
+    let err = |e: std::io::Error| TlsError::Generate(format!("{}: {e}", path.display()));
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if secret { 0o600 } else { 0o644 });
+    }
+    let mut f = opts.open(path).map_err(err)?;
+    f.write_all(data).map_err(err)
+}
+
+/// Default hosts for development certificates.
+pub fn default_dev_hosts() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pair_loads_and_mismatch_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = generate_dev_certs(&dir.path().join("a"), &default_dev_hosts()).expect("gen a");
+        let b = generate_dev_certs(&dir.path().join("b"), &default_dev_hosts()).expect("gen b");
+        assert!(load_certified_key(&a.server_cert, &a.server_key).is_ok());
+        let err = load_certified_key(&a.server_cert, &b.server_key).expect_err("mismatch");
+        assert!(matches!(err, TlsError::Mismatch(_)), "{err}");
+        let err = load_certified_key(&a.server_cert, &a.ca_cert).expect_err("not a key");
+        assert!(matches!(err, TlsError::Key { .. }), "{err}");
+    }
+
+    #[test]
+    fn reload_keeps_old_pair_on_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = generate_dev_certs(&dir.path().join("a"), &default_dev_hosts()).expect("gen");
+        let cert = ReloadableCert::new(load_certified_key(&a.server_cert, &a.server_key).expect("load"));
+        let before = cert.leaf_der();
+        assert!(cert.reload(&a.server_cert, Path::new("/nonexistent")).is_err());
+        assert_eq!(cert.leaf_der(), before);
+    }
+}

@@ -1,0 +1,141 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { connected, flush } from "../test-support/fakes.mjs";
+
+const message = (room, epoch, offset, text = `m${offset}`) => ({
+  type: "message",
+  room,
+  from: "bob",
+  data: { text },
+  epoch,
+  offset,
+  ts: 1767225000000 + offset,
+});
+
+/** Joins `room`, answering with a joined reply whose offset is `offset`. */
+async function joinRoom(h, room, offset = 57) {
+  const join = h.gate.join(room);
+  const { id } = h.socket().sent.at(-1);
+  h.socket().receive({ type: "joined", room, epoch: "e1", offset, recovered: true, members: ["bob"], id });
+  return join;
+}
+
+/** Drops the connection, waits out the backoff, and opens the next socket. */
+async function reconnect(h) {
+  h.socket().drop(1006);
+  await h.clock.advance(h.of("backoff").at(-1).delayMs);
+  h.socket().accept();
+  return h.socket();
+}
+
+test("after a reconnect rooms are re-joined with since = the last message seen", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby", 57);
+  await joinRoom(h, "quiet", 12);
+  h.socket().receive(message("lobby", "e1", 58));
+  h.socket().receive(message("lobby", "e1", 59));
+  const socket = await reconnect(h);
+  const joins = socket.sentOf("join");
+  assert.deepEqual(joins, [
+    { type: "join", room: "lobby", since: { epoch: "e1", offset: 59 }, id: joins[0].id },
+    // No message seen in "quiet": a plain join, not one from joined.offset.
+    { type: "join", room: "quiet", id: joins[1].id },
+  ]);
+  assert.ok(joins[1].id > joins[0].id);
+});
+
+test("replayed messages already delivered are dropped; new ones come through in order", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby");
+  h.socket().receive(message("lobby", "e1", 58));
+  h.socket().receive(message("lobby", "e1", 59));
+  const socket = await reconnect(h);
+  const [rejoin] = socket.sentOf("join");
+  socket.receive({ type: "joined", room: "lobby", epoch: "e1", offset: 60, recovered: true, members: [], id: rejoin.id });
+  socket.receive(message("lobby", "e1", 58));
+  socket.receive(message("lobby", "e1", 59));
+  socket.receive(message("lobby", "e1", 60));
+  socket.receive(message("lobby", "e1", 60));
+  socket.receive(message("lobby", "e1", 61));
+  assert.deepEqual(
+    h.of("message").map((m) => m.offset),
+    [58, 59, 60, 61],
+  );
+});
+
+test("a new epoch is accepted and becomes the recovery position", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby");
+  h.socket().receive(message("lobby", "e1", 80));
+  h.socket().receive(message("lobby", "e2", 1, "fresh start"));
+  h.socket().receive(message("lobby", "e2", 2));
+  assert.deepEqual(
+    h.of("message").map((m) => [m.epoch, m.offset]),
+    [["e1", 80], ["e2", 1], ["e2", 2]],
+  );
+  const socket = await reconnect(h);
+  assert.deepEqual(socket.sentOf("join")[0].since, { epoch: "e2", offset: 2 });
+});
+
+test("a re-join answered recovered:false emits gap", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby");
+  h.socket().receive(message("lobby", "e1", 58));
+  const socket = await reconnect(h);
+  const [rejoin] = socket.sentOf("join");
+  socket.receive({ type: "joined", room: "lobby", epoch: "e1", offset: 300, recovered: false, members: [], id: rejoin.id });
+  assert.deepEqual(h.of("gap"), [{ room: "lobby" }]);
+});
+
+test("a re-join answered recovered:true emits no gap", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby");
+  h.socket().receive(message("lobby", "e1", 58));
+  const socket = await reconnect(h);
+  const [rejoin] = socket.sentOf("join");
+  socket.receive({ type: "joined", room: "lobby", epoch: "e1", offset: 58, recovered: true, members: [], id: rejoin.id });
+  assert.deepEqual(h.of("gap"), []);
+  assert.equal(h.of("joined").length, 2, "re-joins are reported as joined events");
+});
+
+test("a plain join (nothing to recover) emits no gap whatever recovered says", async () => {
+  const h = await connected();
+  const join = h.gate.join("lobby");
+  h.socket().receive({ type: "joined", room: "lobby", epoch: "e1", offset: 5, recovered: false, members: [], id: 1 });
+  await join;
+  assert.deepEqual(h.of("gap"), []);
+});
+
+test("a room left is not re-joined", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby");
+  await joinRoom(h, "other");
+  const leave = h.gate.leave("other");
+  h.socket().receive({ type: "left", room: "other", id: h.socket().sent.at(-1).id });
+  await leave;
+  const socket = await reconnect(h);
+  assert.deepEqual(socket.sentOf("join").map((j) => j.room), ["lobby"]);
+  assert.deepEqual(h.gate.rooms, ["lobby"]);
+});
+
+test("a refused re-join is reported and the room dropped", async () => {
+  const h = await connected();
+  await joinRoom(h, "team:1");
+  const socket = await reconnect(h);
+  const [rejoin] = socket.sentOf("join");
+  const error = { type: "error", id: rejoin.id, code: "forbidden", message: "room not allowed" };
+  socket.receive(error);
+  await flush();
+  assert.deepEqual(h.of("error"), [error]);
+  assert.deepEqual(h.gate.rooms, []);
+});
+
+test("re-joins go out before calls queued while disconnected", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby");
+  h.socket().drop(1006);
+  h.gate.publish("lobby", { text: "queued" });
+  await h.clock.advance(h.of("backoff")[0].delayMs);
+  h.socket().accept();
+  assert.deepEqual(h.socket().sent.map((f) => f.type), ["join", "publish"]);
+});
