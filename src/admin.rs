@@ -46,8 +46,10 @@ type Resp = Response<Full<Bytes>>;
 fn json_resp(status: StatusCode, body: Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -127,7 +129,11 @@ impl Admin {
                 if self.server.draining.load(Ordering::SeqCst)
                     || self.server.shared.shutdown.is_cancelled()
                 {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into(), "text/plain")
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "draining\n".into(),
+                        "text/plain",
+                    )
                 } else {
                     text(StatusCode::OK, "ready\n".into(), "text/plain")
                 }
@@ -143,7 +149,10 @@ impl Admin {
             }
             (_, p) if p.starts_with("/api/") => {
                 if !self.authorized(&req) {
-                    let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong Authorization: Bearer <admin.api_key>");
+                    let mut r = error(
+                        StatusCode::UNAUTHORIZED,
+                        "missing or wrong Authorization: Bearer <admin.api_key>",
+                    );
                     r.headers_mut()
                         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                     return r;
@@ -173,7 +182,10 @@ impl Admin {
     ) -> Result<T, Resp> {
         let bytes = match Limited::new(req.into_body(), limit).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
                 return Err(error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &format!("body larger than {limit} bytes"),

@@ -238,13 +238,19 @@ impl Verifier {
             let alg = Algorithm::from_str(&pk.alg).map_err(|_| {
                 cfg_err(
                     "auth.public_keys",
-                    format!("kid {:?}: {:?} is not a supported algorithm", pk.kid, pk.alg),
+                    format!(
+                        "kid {:?}: {:?} is not a supported algorithm",
+                        pk.kid, pk.alg
+                    ),
                 )
             })?;
             if is_hmac(alg) {
                 return Err(cfg_err(
                     "auth.public_keys",
-                    format!("kid {:?}: HS algorithms use auth.hs_secret, not a key file", pk.kid),
+                    format!(
+                        "kid {:?}: HS algorithms use auth.hs_secret, not a key file",
+                        pk.kid
+                    ),
                 ));
             }
             if !allowed.contains(&alg) {
@@ -326,8 +332,8 @@ impl Verifier {
                 }
             }
         };
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
-            match e.kind() {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
@@ -345,8 +351,7 @@ impl Verifier {
                     AuthError::BadClaims("a claim has the wrong type")
                 }
                 _ => AuthError::Malformed,
-            }
-        })?;
+            })?;
         identity_from(data.claims)
     }
 }
@@ -360,14 +365,20 @@ fn identity_from(c: Claims) -> Result<Identity, AuthError> {
         return Err(AuthError::BadClaims("sub is empty"));
     }
     if c.sub.starts_with('@') {
-        return Err(AuthError::BadClaims("sub must not start with '@' (reserved for the server)"));
+        return Err(AuthError::BadClaims(
+            "sub must not start with '@' (reserved for the server)",
+        ));
     }
     if c.sub.len() > MAX_SUB_BYTES || has_control(&c.sub) {
-        return Err(AuthError::BadClaims("sub is too long or has control characters"));
+        return Err(AuthError::BadClaims(
+            "sub is too long or has control characters",
+        ));
     }
     let name = match c.name {
         Some(n) if n.len() > MAX_NAME_BYTES || has_control(&n) => {
-            return Err(AuthError::BadClaims("name is too long or has control characters"))
+            return Err(AuthError::BadClaims(
+                "name is too long or has control characters",
+            ))
         }
         Some(n) => Some(Arc::from(n)),
         None => None,
@@ -397,7 +408,10 @@ pub struct MintClaims<'a> {
 }
 
 /// Signs claims with an HS256 secret.
-pub fn mint_hs256(secret: &[u8], claims: &MintClaims<'_>) -> Result<String, jsonwebtoken::errors::Error> {
+pub fn mint_hs256(
+    secret: &[u8],
+    claims: &MintClaims<'_>,
+) -> Result<String, jsonwebtoken::errors::Error> {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,

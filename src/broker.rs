@@ -308,13 +308,34 @@ mod tests {
             publish(&b, &room, i);
         }
         let epoch = b.recover(&room, None).epoch.to_string();
-        let r = b.recover(&room, Some(&Since { epoch: epoch.clone(), offset: 3 }));
+        let r = b.recover(
+            &room,
+            Some(&Since {
+                epoch: epoch.clone(),
+                offset: 3,
+            }),
+        );
         assert!(r.recovered);
-        assert_eq!(r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), [4, 5]);
-        let r = b.recover(&room, Some(&Since { epoch: epoch.clone(), offset: 1 }));
+        assert_eq!(
+            r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            [4, 5]
+        );
+        let r = b.recover(
+            &room,
+            Some(&Since {
+                epoch: epoch.clone(),
+                offset: 1,
+            }),
+        );
         assert!(!r.recovered, "offset 2 fell out of a 3-message history");
         assert_eq!(r.publications.len(), 3);
-        let r = b.recover(&room, Some(&Since { epoch: "other".into(), offset: 3 }));
+        let r = b.recover(
+            &room,
+            Some(&Since {
+                epoch: "other".into(),
+                offset: 3,
+            }),
+        );
         assert!(!r.recovered);
         let r = b.recover(&room, Some(&Since { epoch, offset: 5 }));
         assert!(r.recovered && r.publications.is_empty());

@@ -36,7 +36,11 @@ pub const EXIT_CONFIG: i32 = 78;
 const DEFAULT_CONFIG: &str = "config/wsgate.toml";
 
 #[derive(Parser)]
-#[command(name = "wsgate", version, about = "A TLS WebSocket gateway with authenticated broadcast rooms")]
+#[command(
+    name = "wsgate",
+    version,
+    about = "A TLS WebSocket gateway with authenticated broadcast rooms"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -90,7 +94,13 @@ pub fn main() -> i32 {
             name,
             rooms,
             ttl,
-        } => token(&cli.config, &sub, name.as_deref(), rooms.as_deref(), ttl.into()),
+        } => token(
+            &cli.config,
+            &sub,
+            name.as_deref(),
+            rooms.as_deref(),
+            ttl.into(),
+        ),
         Command::GenCert { out, hosts } => gen_cert(&out, hosts),
         Command::Bench(args) => crate::bench::main(args),
     }
@@ -114,7 +124,13 @@ fn check_config(path: &Path) -> i32 {
     }
 }
 
-fn token(path: &Path, sub: &str, name: Option<&str>, rooms: Option<&[String]>, ttl: Duration) -> i32 {
+fn token(
+    path: &Path,
+    sub: &str,
+    name: Option<&str>,
+    rooms: Option<&[String]>,
+    ttl: Duration,
+) -> i32 {
     let cfg = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -149,7 +165,11 @@ fn token(path: &Path, sub: &str, name: Option<&str>, rooms: Option<&[String]>, t
 }
 
 fn gen_cert(out: &Path, hosts: Vec<String>) -> i32 {
-    let hosts = if hosts.is_empty() { tls::default_dev_hosts() } else { hosts };
+    let hosts = if hosts.is_empty() {
+        tls::default_dev_hosts()
+    } else {
+        hosts
+    };
     match tls::generate_dev_certs(out, &hosts) {
         Ok(paths) => {
             eprintln!(
@@ -170,7 +190,9 @@ fn gen_cert(out: &Path, hosts: Vec<String>) -> i32 {
 type FilterHandle = reload::Handle<EnvFilter, Registry>;
 
 fn init_logging(cfg: &Config) -> FilterHandle {
-    let from_env = std::env::var("RUST_LOG").ok().and_then(|v| EnvFilter::try_new(v).ok());
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok());
     let filter = from_env.unwrap_or_else(|| EnvFilter::new(&cfg.log.level));
     let (filter, handle) = reload::Layer::new(filter);
     let fmt = match cfg.log.format {
@@ -183,7 +205,10 @@ fn init_logging(cfg: &Config) -> FilterHandle {
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init();
     handle
 }
 
@@ -193,7 +218,10 @@ fn serve(path: &Path) -> i32 {
         Err(code) => return code,
     };
     let filter = init_logging(&cfg);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wsgate: cannot start the runtime: {e}");
@@ -255,7 +283,9 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
     let admin_local = admin_listener.local_addr()?;
 
     let metrics = Arc::new(Metrics::new());
-    metrics.max_connections.set(cfg.server.max_connections as i64);
+    metrics
+        .max_connections
+        .set(cfg.server.max_connections as i64);
     let broker = Arc::new(MemoryBroker::new(HistorySettings {
         size: cfg.rooms.history_size,
         ttl: cfg.rooms.history_ttl,
@@ -273,7 +303,9 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
         shared: shared.clone(),
         cert,
         acceptor,
-        rate: ArcSwap::from_pointee(HandshakeLimiter::new(cfg.limits.handshakes_per_ip_per_minute)),
+        rate: ArcSwap::from_pointee(HandshakeLimiter::new(
+            cfg.limits.handshakes_per_ip_per_minute,
+        )),
         conns: Arc::new(ConnectionCounter::default()),
         tracker: TaskTracker::new(),
         ws_path: cfg.server.ws_path.clone(),
@@ -338,11 +370,16 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
     wait_for_signals(&running).await?;
 
     info!("shutting down: closing sessions with 1001, draining up to {grace:?}");
-    server.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    server
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     shutdown.cancel();
     let _ = accept.await;
     server.tracker.close();
-    if tokio::time::timeout(grace, server.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(grace, server.tracker.wait())
+        .await
+        .is_err()
+    {
         warn!(
             sessions = server.shared.hub.session_count(),
             "shutdown grace ran out; closing the rest"
@@ -402,10 +439,7 @@ fn reload(running: &Running) {
         error!(error = %e, "reload refused: certificate not loaded; the old one keeps serving and nothing changed");
         return;
     }
-    let mut current = running
-        .config
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut current = running.config.lock().unwrap_or_else(|p| p.into_inner());
     let server = &running.server;
     let mut applied = vec!["tls.cert", "tls.key"];
     if current.origin != next.origin {
@@ -438,7 +472,9 @@ fn reload(running: &Running) {
         applied.push("server (limits and timeouts for new connections)");
     }
     server.shared.hub.set_send_queue(next.limits.send_queue);
-    metrics.max_connections.set(next.server.max_connections as i64);
+    metrics
+        .max_connections
+        .set(next.server.max_connections as i64);
     if current.log.level != next.log.level && std::env::var_os("RUST_LOG").is_none() {
         if running
             .filter

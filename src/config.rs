@@ -294,7 +294,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let listen = self.listen_addr()?;
         let admin = self.admin_addr()?;
-        if listen == admin {
+        if listen == admin && listen.port() != 0 {
             return Err(ConfigError::invalid(
                 "admin.listen",
                 "must differ from server.listen",
@@ -353,7 +353,10 @@ impl Config {
                 l.handshakes_per_ip_per_minute as usize,
             ),
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
-            ("limits.max_rooms_per_connection", l.max_rooms_per_connection),
+            (
+                "limits.max_rooms_per_connection",
+                l.max_rooms_per_connection,
+            ),
             ("limits.send_queue", l.send_queue),
         ] {
             if v == 0 {
@@ -373,10 +376,7 @@ impl Config {
             ));
         }
         if self.admin.api_key.is_empty() {
-            return Err(ConfigError::invalid(
-                "admin.api_key",
-                "must not be empty",
-            ));
+            return Err(ConfigError::invalid("admin.api_key", "must not be empty"));
         }
         if !admin.ip().is_loopback() && self.admin.api_key == DEFAULT_API_KEY {
             return Err(ConfigError::invalid(
@@ -403,7 +403,9 @@ impl Config {
                 "must list at least one algorithm",
             ));
         }
-        if !a.hs_secret_file.is_empty() && !a.hs_secret.is_empty() && a.hs_secret != DEFAULT_HS_SECRET
+        if !a.hs_secret_file.is_empty()
+            && !a.hs_secret.is_empty()
+            && a.hs_secret != DEFAULT_HS_SECRET
         {
             return Err(ConfigError::invalid(
                 "auth.hs_secret_file",

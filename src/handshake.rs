@@ -116,14 +116,20 @@ pub fn check<B>(req: &Request<B>, ip: IpAddr, gate: &Gate<'_>) -> Result<Admitte
     let limits = &gate.live.limits;
     let permit = gate
         .conns
-        .acquire(ip, gate.live.server.max_connections, limits.max_connections_per_ip)
+        .acquire(
+            ip,
+            gate.live.server.max_connections,
+            limits.max_connections_per_ip,
+        )
         .map_err(|e| match e {
             CapacityRefusal::Total => Refusal::Full,
             CapacityRefusal::PerIp => Refusal::FullForIp,
         })?;
     let headers = req.headers();
     if req.method() != Method::GET {
-        return Err(Refusal::BadUpgrade("a WebSocket handshake is a GET request"));
+        return Err(Refusal::BadUpgrade(
+            "a WebSocket handshake is a GET request",
+        ));
     }
     if req.version() != Version::HTTP_11 {
         return Err(Refusal::BadUpgrade("a WebSocket handshake needs HTTP/1.1"));
@@ -141,7 +147,9 @@ pub fn check<B>(req: &Request<B>, ip: IpAddr, gate: &Gate<'_>) -> Result<Admitte
     let key = header_str(headers, &header::SEC_WEBSOCKET_KEY)
         .map(str::trim)
         .filter(|k| valid_ws_key(k))
-        .ok_or(Refusal::BadUpgrade("Sec-WebSocket-Key missing or malformed"))?;
+        .ok_or(Refusal::BadUpgrade(
+            "Sec-WebSocket-Key missing or malformed",
+        ))?;
     gate.live
         .origin
         .check(header_str(headers, &header::ORIGIN))
@@ -210,7 +218,15 @@ fn find_token<'r, B>(
     }
     match found.len() {
         0 => {}
-        1 => return Ok(found[0]).and_then(|t| if t.is_empty() { Err(AuthError::Missing) } else { Ok(t) }),
+        1 => {
+            return Ok(found[0]).and_then(|t| {
+                if t.is_empty() {
+                    Err(AuthError::Missing)
+                } else {
+                    Ok(t)
+                }
+            })
+        }
         _ => return Err(AuthError::Ambiguous),
     }
     if !cookie_name.is_empty() {
@@ -238,7 +254,10 @@ pub fn switching_headers(admitted: &Admitted) -> Vec<(header::HeaderName, Header
         h.push((header::SEC_WEBSOCKET_ACCEPT, v));
     }
     if admitted.subprotocol {
-        h.push((header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL)));
+        h.push((
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        ));
     }
     h
 }
@@ -247,7 +266,13 @@ pub fn switching_headers(admitted: &Admitted) -> Vec<(header::HeaderName, Header
 pub fn redact_query(query: &str) -> String {
     query
         .split('&')
-        .map(|p| if p.starts_with("token=") { "token=<redacted>" } else { p })
+        .map(|p| {
+            if p.starts_with("token=") {
+                "token=<redacted>"
+            } else {
+                p
+            }
+        })
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -287,6 +312,9 @@ mod tests {
 
     #[test]
     fn query_redaction_hides_the_token() {
-        assert_eq!(redact_query("a=1&token=secret&b=2"), "a=1&token=<redacted>&b=2");
+        assert_eq!(
+            redact_query("a=1&token=secret&b=2"),
+            "a=1&token=<redacted>&b=2"
+        );
     }
 }

@@ -195,9 +195,9 @@ impl Hub {
     /// Closes every session of `user` with `code`; returns how many.
     pub fn disconnect_user(&self, user: &str, code: u16) -> usize {
         let sessions = lock(&self.sessions);
-        sessions.get(user).map_or(0, |list| {
-            list.iter().filter(|h| h.ctl.close(code)).count()
-        })
+        sessions
+            .get(user)
+            .map_or(0, |list| list.iter().filter(|h| h.ctl.close(code)).count())
     }
 
     pub fn session_count(&self) -> usize {
@@ -308,7 +308,8 @@ impl Hub {
             if !ok {
                 break;
             }
-            if *p.epoch == *recovery.epoch && p.offset > recovery.offset
+            if *p.epoch == *recovery.epoch
+                && p.offset > recovery.offset
                 && p.origin != Some(handle.id)
             {
                 ok = h.send(Outbound::Replay(p), &self.metrics);

@@ -48,7 +48,10 @@ impl HandshakeLimiter {
     pub fn new(per_minute: u32) -> Self {
         let clock = MonotonicClock;
         HandshakeLimiter {
-            limiter: RateLimiter::dashmap_with_clock(Quota::per_minute(nonzero(per_minute)), clock.clone()),
+            limiter: RateLimiter::dashmap_with_clock(
+                Quota::per_minute(nonzero(per_minute)),
+                clock.clone(),
+            ),
             clock,
         }
     }
@@ -126,7 +129,11 @@ impl ConnectionCounter {
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
-        let mut per_ip = self.counter.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut per_ip = self
+            .counter
+            .per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -195,7 +202,10 @@ mod tests {
         let p1 = c.acquire(ip, 10, 2).expect("first");
         let _p2 = c.acquire(ip, 10, 2).expect("second");
         assert_eq!(c.acquire(ip, 10, 2).unwrap_err(), CapacityRefusal::PerIp);
-        assert_eq!(c.acquire("10.0.0.9".parse().unwrap(), 2, 5).unwrap_err(), CapacityRefusal::Total);
+        assert_eq!(
+            c.acquire("10.0.0.9".parse().unwrap(), 2, 5).unwrap_err(),
+            CapacityRefusal::Total
+        );
         drop(p1);
         assert_eq!(c.total(), 1);
         assert!(c.acquire(ip, 10, 2).is_ok());

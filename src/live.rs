@@ -28,11 +28,10 @@ pub struct Live {
 
 impl Live {
     pub fn from_config(cfg: &Config) -> Result<Live, ConfigError> {
-        let origin = OriginPolicy::new(&cfg.origin)
-            .map_err(|e| ConfigError::Invalid {
-                key: "origin.allowed",
-                message: e.to_string(),
-            })?;
+        let origin = OriginPolicy::new(&cfg.origin).map_err(|e| ConfigError::Invalid {
+            key: "origin.allowed",
+            message: e.to_string(),
+        })?;
         let verifier = Verifier::from_config(&cfg.auth).map_err(|e| match e {
             crate::auth::VerifierError::Config { key, message } => {
                 ConfigError::Invalid { key, message }

@@ -137,7 +137,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let connections = Gauge::default();
-        registry.register("wsgate_connections", "Open WebSocket sessions", connections.clone());
+        registry.register(
+            "wsgate_connections",
+            "Open WebSocket sessions",
+            connections.clone(),
+        );
         let max_connections = Gauge::default();
         registry.register(
             "wsgate_max_connections",
@@ -145,15 +149,35 @@ impl Metrics {
             max_connections.clone(),
         );
         let rooms = Gauge::default();
-        registry.register("wsgate_rooms", "Rooms with members or history", rooms.clone());
+        registry.register(
+            "wsgate_rooms",
+            "Rooms with members or history",
+            rooms.clone(),
+        );
         let messages_in = Counter::default();
-        registry.register("wsgate_messages_in", "Client messages received", messages_in.clone());
+        registry.register(
+            "wsgate_messages_in",
+            "Client messages received",
+            messages_in.clone(),
+        );
         let messages_out = Counter::default();
-        registry.register("wsgate_messages_out", "Messages written to clients", messages_out.clone());
+        registry.register(
+            "wsgate_messages_out",
+            "Messages written to clients",
+            messages_out.clone(),
+        );
         let bytes_in = Counter::default();
-        registry.register("wsgate_bytes_in", "Bytes of client messages received", bytes_in.clone());
+        registry.register(
+            "wsgate_bytes_in",
+            "Bytes of client messages received",
+            bytes_in.clone(),
+        );
         let bytes_out = Counter::default();
-        registry.register("wsgate_bytes_out", "Bytes of messages written to clients", bytes_out.clone());
+        registry.register(
+            "wsgate_bytes_out",
+            "Bytes of messages written to clients",
+            bytes_out.clone(),
+        );
         let slow_closes = Counter::default();
         registry.register(
             "wsgate_slow_consumer_closes",
@@ -161,10 +185,18 @@ impl Metrics {
             slow_closes.clone(),
         );
         let hs_family = Family::<ResultLabel, Counter>::default();
-        registry.register("wsgate_handshakes", "WebSocket handshakes by result", hs_family.clone());
+        registry.register(
+            "wsgate_handshakes",
+            "WebSocket handshakes by result",
+            hs_family.clone(),
+        );
         let handshakes = HandshakeResult::ALL
             .iter()
-            .map(|r| hs_family.get_or_create(&ResultLabel { result: r.as_str() }).clone())
+            .map(|r| {
+                hs_family
+                    .get_or_create(&ResultLabel { result: r.as_str() })
+                    .clone()
+            })
             .collect();
         let drop_family = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -174,18 +206,39 @@ impl Metrics {
         );
         let dropped = DropReason::ALL
             .iter()
-            .map(|r| drop_family.get_or_create(&ReasonLabel { reason: r.as_str() }).clone())
+            .map(|r| {
+                drop_family
+                    .get_or_create(&ReasonLabel { reason: r.as_str() })
+                    .clone()
+            })
             .collect();
         let close_family = Family::<CodeLabel, Counter>::default();
-        registry.register("wsgate_closes", "Close codes sent to clients", close_family.clone());
+        registry.register(
+            "wsgate_closes",
+            "Close codes sent to clients",
+            close_family.clone(),
+        );
         let closes = close::ALL
             .iter()
-            .map(|c| (*c, close_family.get_or_create(&CodeLabel { code: *c }).clone()))
+            .map(|c| {
+                (
+                    *c,
+                    close_family.get_or_create(&CodeLabel { code: *c }).clone(),
+                )
+            })
             .collect();
         let reload_family = Family::<ResultLabel, Counter>::default();
-        registry.register("wsgate_config_reloads", "SIGHUP reloads by result", reload_family.clone());
-        let reloads_ok = reload_family.get_or_create(&ResultLabel { result: "ok" }).clone();
-        let reloads_error = reload_family.get_or_create(&ResultLabel { result: "error" }).clone();
+        registry.register(
+            "wsgate_config_reloads",
+            "SIGHUP reloads by result",
+            reload_family.clone(),
+        );
+        let reloads_ok = reload_family
+            .get_or_create(&ResultLabel { result: "ok" })
+            .clone();
+        let reloads_error = reload_family
+            .get_or_create(&ResultLabel { result: "error" })
+            .clone();
         // 50 µs .. ~1.6 s, doubling.
         let fanout_latency = Histogram::new((0..16).map(|i| 0.000_05 * f64::from(1u32 << i)));
         registry.register(
@@ -247,7 +300,8 @@ impl Metrics {
     }
 
     pub fn fanout_done(&self, accepted: Instant) {
-        self.fanout_latency.observe(accepted.elapsed().as_secs_f64());
+        self.fanout_latency
+            .observe(accepted.elapsed().as_secs_f64());
     }
 
     /// The Prometheus text exposition.

@@ -94,7 +94,11 @@ impl Origin {
         let bad = || OriginError::Malformed(s.to_string());
         let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
         let scheme = scheme.to_ascii_lowercase();
-        if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') {
+        if scheme.is_empty()
+            || !scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+        {
             return Err(bad());
         }
         if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ', '\\']) {
@@ -107,12 +111,15 @@ impl Origin {
         };
         let host = host.to_ascii_lowercase();
         let valid_host = if host.starts_with('[') {
-            host.ends_with(']') && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok()
+            host.ends_with(']')
+                && host[1..host.len() - 1]
+                    .parse::<std::net::Ipv6Addr>()
+                    .is_ok()
         } else {
             !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*' || b == b'_')
+                && host.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*' || b == b'_'
+                })
         };
         if !valid_host {
             return Err(bad());
@@ -194,13 +201,25 @@ mod tests {
 
     #[test]
     fn exact_origins_compare_like_browsers() {
-        let p = policy(&["https://Chat.Example.com", "http://localhost:8080"], false);
+        let p = policy(
+            &["https://Chat.Example.com", "http://localhost:8080"],
+            false,
+        );
         assert_eq!(p.check(Some("https://chat.example.com")), Ok(()));
         assert_eq!(p.check(Some("HTTPS://CHAT.EXAMPLE.COM:443")), Ok(()));
         assert_eq!(p.check(Some("http://localhost:8080")), Ok(()));
-        assert_eq!(p.check(Some("http://localhost")), Err(OriginRefusal::NotAllowed));
-        assert_eq!(p.check(Some("https://chat.example.com:8443")), Err(OriginRefusal::NotAllowed));
-        assert_eq!(p.check(Some("http://chat.example.com")), Err(OriginRefusal::NotAllowed));
+        assert_eq!(
+            p.check(Some("http://localhost")),
+            Err(OriginRefusal::NotAllowed)
+        );
+        assert_eq!(
+            p.check(Some("https://chat.example.com:8443")),
+            Err(OriginRefusal::NotAllowed)
+        );
+        assert_eq!(
+            p.check(Some("http://chat.example.com")),
+            Err(OriginRefusal::NotAllowed)
+        );
         assert_eq!(p.check(Some("null")), Err(OriginRefusal::NotAllowed));
         assert_eq!(p.check(None), Err(OriginRefusal::Missing));
     }
@@ -210,23 +229,46 @@ mod tests {
         let p = policy(&["https://*.example.com"], false);
         assert_eq!(p.check(Some("https://a.example.com")), Ok(()));
         assert_eq!(p.check(Some("https://a.b.example.com")), Ok(()));
-        assert_eq!(p.check(Some("https://example.com")), Err(OriginRefusal::NotAllowed));
-        assert_eq!(p.check(Some("https://evilexample.com")), Err(OriginRefusal::NotAllowed));
-        assert_eq!(p.check(Some("https://.example.com")), Err(OriginRefusal::NotAllowed));
-        assert_eq!(p.check(Some("https://a.example.com.evil.net")), Err(OriginRefusal::NotAllowed));
-        assert_eq!(p.check(Some("https://*.example.com")), Err(OriginRefusal::NotAllowed));
+        assert_eq!(
+            p.check(Some("https://example.com")),
+            Err(OriginRefusal::NotAllowed)
+        );
+        assert_eq!(
+            p.check(Some("https://evilexample.com")),
+            Err(OriginRefusal::NotAllowed)
+        );
+        assert_eq!(
+            p.check(Some("https://.example.com")),
+            Err(OriginRefusal::NotAllowed)
+        );
+        assert_eq!(
+            p.check(Some("https://a.example.com.evil.net")),
+            Err(OriginRefusal::NotAllowed)
+        );
+        assert_eq!(
+            p.check(Some("https://*.example.com")),
+            Err(OriginRefusal::NotAllowed)
+        );
     }
 
     #[test]
     fn allow_missing_admits_non_browser_clients() {
         let p = policy(&[], true);
         assert_eq!(p.check(None), Ok(()));
-        assert_eq!(p.check(Some("https://x.example")), Err(OriginRefusal::NotAllowed));
+        assert_eq!(
+            p.check(Some("https://x.example")),
+            Err(OriginRefusal::NotAllowed)
+        );
     }
 
     #[test]
     fn malformed_entries_fail_at_startup() {
-        for bad in ["example.com", "https://a.example.com/path", "https://a.*.com", "https://x:99999"] {
+        for bad in [
+            "example.com",
+            "https://a.example.com/path",
+            "https://a.*.com",
+            "https://x:99999",
+        ] {
             let r = OriginPolicy::new(&OriginConfig {
                 allowed: vec![bad.to_string()],
                 allow_missing: false,
@@ -238,7 +280,13 @@ mod tests {
     #[test]
     fn header_with_path_or_userinfo_is_refused() {
         let p = policy(&["https://a.example"], false);
-        assert_eq!(p.check(Some("https://a.example/")), Err(OriginRefusal::NotAllowed));
-        assert_eq!(p.check(Some("https://user@a.example")), Err(OriginRefusal::NotAllowed));
+        assert_eq!(
+            p.check(Some("https://a.example/")),
+            Err(OriginRefusal::NotAllowed)
+        );
+        assert_eq!(
+            p.check(Some("https://user@a.example")),
+            Err(OriginRefusal::NotAllowed)
+        );
     }
 }

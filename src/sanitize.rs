@@ -175,9 +175,9 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, BadRequest> {
         }),
         "publish" => {
             let room = room(env.room)?;
-            let mut data = env
-                .data
-                .ok_or_else(|| BadRequest::new(id.clone(), "missing field `data` (null is not data)"))?;
+            let mut data = env.data.ok_or_else(|| {
+                BadRequest::new(id.clone(), "missing field `data` (null is not data)")
+            })?;
             sanitize_value(&mut data);
             Ok(ClientMsg::Publish { room, data, id })
         }
@@ -214,7 +214,10 @@ mod tests {
         );
         assert!(matches!(
             parse_client(r#"{"type":"join","room":"lobby","since":{"epoch":"a1","offset":41}}"#),
-            Ok(ClientMsg::Join { since: Some(Since { offset: 41, .. }), .. })
+            Ok(ClientMsg::Join {
+                since: Some(Since { offset: 41, .. }),
+                ..
+            })
         ));
         assert!(matches!(
             parse_client(r#"{"type":"leave","room":"lobby","id":"x"}"#),
@@ -286,7 +289,10 @@ mod tests {
             "[".repeat(MAX_DEPTH),
             "]".repeat(MAX_DEPTH)
         );
-        assert!(parse_client(&hidden).is_err(), "ignored fields are measured too");
+        assert!(
+            parse_client(&hidden).is_err(),
+            "ignored fields are measured too"
+        );
         assert_eq!(json_depth(r#"{"a":"[[[[["}"#, 32), 1);
     }
 

@@ -76,7 +76,8 @@ impl Server {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
                     let server = self.clone();
-                    self.tracker.spawn(async move { server.connection(tcp, peer).await });
+                    self.tracker
+                        .spawn(async move { server.connection(tcp, peer).await });
                 }
                 Err(e) => {
                     // Usually EMFILE: back off a little instead of spinning.
@@ -187,7 +188,10 @@ impl Server {
                     }
                     handshake::Refusal::UpgradeRequired(_) => {
                         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                        h.insert(
+                            header::SEC_WEBSOCKET_VERSION,
+                            HeaderValue::from_static("13"),
+                        );
                     }
                     handshake::Refusal::Token(_) => {
                         h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -258,7 +262,9 @@ impl Server {
 }
 
 fn empty() -> Body {
-    Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A plain-text response.
@@ -273,16 +279,17 @@ pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    resp.headers_mut()
-        .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     resp
 }
 
 /// Files under `static_dir`, with the security headers of CONTRACT §8.
 async fn serve_static(dir: &std::path::Path, req: Request<Incoming>) -> Response<Body> {
     use tower::ServiceExt;
-    let svc = tower_http::services::ServeDir::new(dir)
-        .append_index_html_on_directories(true);
+    let svc = tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true);
     let (parts, _) = req.into_parts();
     let req = Request::from_parts(parts, Full::new(Bytes::new()));
     let mut resp = match svc.oneshot(req).await {
@@ -290,9 +297,18 @@ async fn serve_static(dir: &std::path::Path, req: Request<Incoming>) -> Response
         Err(never) => match never {},
     };
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if let Some(ct) = h.get(header::CONTENT_TYPE) {
@@ -300,7 +316,10 @@ async fn serve_static(dir: &std::path::Path, req: Request<Incoming>) -> Response
             .to_str()
             .is_ok_and(|s| s.starts_with("text/") || s.contains("javascript"));
         if is_text && !ct.to_str().is_ok_and(|s| s.contains("charset")) {
-            if let Ok(v) = HeaderValue::from_str(&format!("{}; charset=utf-8", ct.to_str().unwrap_or("text/plain"))) {
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{}; charset=utf-8",
+                ct.to_str().unwrap_or("text/plain")
+            )) {
                 h.insert(header::CONTENT_TYPE, v);
             }
         }

@@ -123,7 +123,11 @@ fn expiry_instant(expires_at: u64, leeway: u64) -> Instant {
 }
 
 impl Session {
-    async fn serve<S>(&mut self, mut ws: WebSocketStream<S>, mut rx: mpsc::Receiver<Outbound>) -> Option<u16>
+    async fn serve<S>(
+        &mut self,
+        mut ws: WebSocketStream<S>,
+        mut rx: mpsc::Receiver<Outbound>,
+    ) -> Option<u16>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -132,7 +136,8 @@ impl Session {
         let idle_timeout = live.server.idle_timeout;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let expiry = tokio::time::sleep_until(expiry_instant(self.identity.expires_at, live.leeway_secs));
+        let expiry =
+            tokio::time::sleep_until(expiry_instant(self.identity.expires_at, live.leeway_secs));
         tokio::pin!(expiry);
         drop(live);
         let ctl = self.handle.ctl.clone();
@@ -229,7 +234,10 @@ impl Session {
     }
 
     fn reply(&self, msg: ServerMsg<'_>) {
-        self.handle.send(Outbound::Frame(Utf8Bytes::from(msg.to_text())), &self.shared.metrics);
+        self.handle.send(
+            Outbound::Frame(Utf8Bytes::from(msg.to_text())),
+            &self.shared.metrics,
+        );
     }
 
     /// Answers a refusal; returns a close code when the abuse limit is reached.
@@ -274,10 +282,18 @@ impl Session {
         match msg {
             ClientMsg::Join { room, since, id } => {
                 if !self.identity.rooms.allows(room.as_str()) {
-                    return self.refuse(id.as_ref(), ErrorCode::Forbidden, "your token does not allow this room");
+                    return self.refuse(
+                        id.as_ref(),
+                        ErrorCode::Forbidden,
+                        "your token does not allow this room",
+                    );
                 }
                 if self.joined.contains(&room) {
-                    return self.refuse(id.as_ref(), ErrorCode::BadRequest, "already joined this room");
+                    return self.refuse(
+                        id.as_ref(),
+                        ErrorCode::BadRequest,
+                        "already joined this room",
+                    );
                 }
                 if self.joined.len() >= live.limits.max_rooms_per_connection {
                     let message = format!(
@@ -286,12 +302,20 @@ impl Session {
                     );
                     return self.refuse(id.as_ref(), ErrorCode::TooManyRooms, &message);
                 }
-                match self.shared.hub.join(&self.handle, &room, since.as_ref(), id.as_ref()) {
+                match self
+                    .shared
+                    .hub
+                    .join(&self.handle, &room, since.as_ref(), id.as_ref())
+                {
                     Ok(()) => {
                         self.joined.insert(room);
                     }
                     Err(JoinError::AlreadyJoined) => {
-                        return self.refuse(id.as_ref(), ErrorCode::BadRequest, "already joined this room")
+                        return self.refuse(
+                            id.as_ref(),
+                            ErrorCode::BadRequest,
+                            "already joined this room",
+                        )
                     }
                 }
             }
@@ -307,7 +331,11 @@ impl Session {
             }
             ClientMsg::Publish { room, data, id } => {
                 if !self.joined.contains(&room) {
-                    return self.refuse(id.as_ref(), ErrorCode::NotJoined, "join the room before publishing");
+                    return self.refuse(
+                        id.as_ref(),
+                        ErrorCode::NotJoined,
+                        "join the room before publishing",
+                    );
                 }
                 let want = (live.limits.messages_per_second, live.limits.burst);
                 if self.limiter.rate() != want {
@@ -323,7 +351,12 @@ impl Session {
                     return self.refuse(id.as_ref(), ErrorCode::RateLimited, &message);
                 }
                 self.limited_since = None;
-                match self.shared.hub.publish(&room, &self.identity.user, &data, Some(self.handle.id)) {
+                match self.shared.hub.publish(
+                    &room,
+                    &self.identity.user,
+                    &data,
+                    Some(self.handle.id),
+                ) {
                     Ok(offset) => {
                         if id.is_some() {
                             self.reply(ServerMsg::Ack {
@@ -341,30 +374,32 @@ impl Session {
                     }
                 }
             }
-            ClientMsg::Refresh { token, id } => {
-                match live.verifier.verify(&token) {
-                    Err(e) => {
-                        self.reply(ServerMsg::Error {
-                            id: id.as_ref(),
-                            code: ErrorCode::TokenInvalid,
-                            message: &e.to_string(),
-                        });
-                    }
-                    Ok(next) if next.user != self.identity.user => {
-                        return self.refuse(id.as_ref(), ErrorCode::Forbidden, "a refresh token must be for the same user");
-                    }
-                    Ok(next) => {
-                        expiry
-                            .as_mut()
-                            .reset(expiry_instant(next.expires_at, live.leeway_secs));
-                        self.reply(ServerMsg::Refreshed {
-                            expires_at: next.expires_at,
-                            id: id.as_ref(),
-                        });
-                        self.identity = next;
-                    }
+            ClientMsg::Refresh { token, id } => match live.verifier.verify(&token) {
+                Err(e) => {
+                    self.reply(ServerMsg::Error {
+                        id: id.as_ref(),
+                        code: ErrorCode::TokenInvalid,
+                        message: &e.to_string(),
+                    });
                 }
-            }
+                Ok(next) if next.user != self.identity.user => {
+                    return self.refuse(
+                        id.as_ref(),
+                        ErrorCode::Forbidden,
+                        "a refresh token must be for the same user",
+                    );
+                }
+                Ok(next) => {
+                    expiry
+                        .as_mut()
+                        .reset(expiry_instant(next.expires_at, live.leeway_secs));
+                    self.reply(ServerMsg::Refreshed {
+                        expires_at: next.expires_at,
+                        id: id.as_ref(),
+                    });
+                    self.identity = next;
+                }
+            },
         }
         self.refused_streak = 0;
         None

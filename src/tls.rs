@@ -53,7 +53,8 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
         path: key.display().to_string(),
         message: e.to_string(),
     })?;
-    CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| TlsError::Mismatch(e.to_string()))
+    CertifiedKey::from_der(chain, key_der, &provider())
+        .map_err(|e| TlsError::Mismatch(e.to_string()))
 }
 
 /// Serves whichever certificate was loaded last.
@@ -121,7 +122,9 @@ pub struct DevCertPaths {
 /// Writes a development CA (`ca.crt`, `ca.key`) and a server certificate it signed for every
 /// host (`server.crt`, `server.key`) into `out`. ECDSA P-256; keys are written mode 0600.
 pub fn generate_dev_certs(out: &Path, hosts: &[String]) -> Result<DevCertPaths, TlsError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
     let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
     fs::create_dir_all(out).map_err(|e| TlsError::Generate(format!("{}: {e}", out.display())))?;
 
@@ -153,7 +156,11 @@ pub fn generate_dev_certs(out: &Path, hosts: &[String]) -> Result<DevCertPaths, 
     write_file(&paths.ca_cert, ca_cert.pem().as_bytes(), false)?;
     write_file(&out.join("ca.key"), ca_key.serialize_pem().as_bytes(), true)?;
     write_file(&paths.server_cert, server_cert.pem().as_bytes(), false)?;
-    write_file(&paths.server_key, server_key.serialize_pem().as_bytes(), true)?;
+    write_file(
+        &paths.server_key,
+        server_key.serialize_pem().as_bytes(),
+        true,
+    )?;
     Ok(paths)
 }
 
@@ -196,9 +203,12 @@ mod tests {
     fn reload_keeps_old_pair_on_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = generate_dev_certs(&dir.path().join("a"), &default_dev_hosts()).expect("gen");
-        let cert = ReloadableCert::new(load_certified_key(&a.server_cert, &a.server_key).expect("load"));
+        let cert =
+            ReloadableCert::new(load_certified_key(&a.server_cert, &a.server_key).expect("load"));
         let before = cert.leaf_der();
-        assert!(cert.reload(&a.server_cert, Path::new("/nonexistent")).is_err());
+        assert!(cert
+            .reload(&a.server_cert, Path::new("/nonexistent"))
+            .is_err());
         assert_eq!(cert.leaf_der(), before);
     }
 }

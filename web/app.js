@@ -16,7 +16,10 @@ import { WsGate } from "./wsgate.js";
 const ROOM_NAME = /^[A-Za-z0-9_.:-]{1,64}$/;
 /** Entries kept per room; older ones are dropped from the page. */
 const MAX_ENTRIES_PER_ROOM = 500;
-/** Every client event; all are logged to `window.__wsgateEvents`. */
+/**
+ * Every client event; all are logged to `window.__wsgateEvents`.
+ * @type {(keyof import("./wsgate.js").WsGateEvents)[]}
+ */
 const EVENT_NAMES = ["state", "welcome", "joined", "message", "presence", "gap", "refreshed", "backoff", "error"];
 
 /** Words for the close codes that end the connection for good. */

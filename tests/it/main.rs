@@ -1,0 +1,4 @@
+//! Black-box tests: the real binary, real TLS, real WebSocket clients, real signals.
+
+mod smoke;
+mod support;

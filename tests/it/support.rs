@@ -1,0 +1,577 @@
+//! Test support: the real `wsgate` binary on ephemeral ports with a generated CA, real TLS
+//! WebSocket clients that trust that CA, a tiny admin HTTP client, and the gateway's log lines
+//! (JSON) to wait on and to search.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+use wsgate::auth::unix_now;
+
+/// How long any single expected event may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+pub const ORIGIN: &str = "https://app.example.com";
+
+/// Config sections → keys → values, rendered as TOML.
+#[derive(Clone)]
+pub struct Settings(BTreeMap<String, BTreeMap<String, Value>>);
+
+impl Settings {
+    pub fn set(&mut self, section: &str, key: &str, value: Value) -> &mut Self {
+        self.0
+            .entry(section.to_string())
+            .or_default()
+            .insert(key.to_string(), value);
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        let mut out = String::new();
+        for (section, keys) in &self.0 {
+            out.push_str(&format!("[{section}]\n"));
+            for (k, v) in keys {
+                out.push_str(&format!("{k} = {}\n", toml_value(v)));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn toml_value(v: &Value) -> String {
+    match v {
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(m) => format!(
+            "{{ {} }}",
+            m.iter()
+                .map(|(k, v)| format!("{k} = {}", toml_value(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub settings: Settings,
+    pub ca: PathBuf,
+    pub secret: String,
+    pub api_key: String,
+    logs: Arc<(Mutex<Vec<String>>, Notify)>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The settings every test gateway starts from: loopback, ephemeral ports, fast timers.
+pub fn base_settings(dir: &std::path::Path) -> Settings {
+    let mut s = Settings(BTreeMap::new());
+    s.set("server", "listen", json!("127.0.0.1:0"))
+        .set("server", "static_dir", json!(""))
+        .set("server", "handshake_timeout", json!("2s"))
+        .set("server", "shutdown_grace", json!("3s"))
+        .set("tls", "cert", json!(dir.join("certs/server.crt")))
+        .set("tls", "key", json!(dir.join("certs/server.key")))
+        .set(
+            "origin",
+            "allowed",
+            json!([ORIGIN, "https://*.example.org"]),
+        )
+        .set("auth", "hs_secret", json!("test-secret-0123456789"))
+        .set("auth", "leeway", json!("0s"))
+        .set("admin", "listen", json!("127.0.0.1:0"))
+        .set("admin", "api_key", json!("test-admin-key"))
+        .set("limits", "handshakes_per_ip_per_minute", json!(100000))
+        .set("log", "format", json!("json"))
+        .set("log", "level", json!("info"));
+    s
+}
+
+impl Gateway {
+    pub async fn start() -> Gateway {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts the binary with the base settings changed by `f`.
+    pub async fn start_with(f: impl FnOnce(&mut Settings)) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        wsgate::tls::generate_dev_certs(
+            &dir.path().join("certs"),
+            &wsgate::tls::default_dev_hosts(),
+        )
+        .expect("certs");
+        let mut settings = base_settings(dir.path());
+        f(&mut settings);
+        Self::spawn(dir, settings, &[]).await
+    }
+
+    pub async fn spawn(
+        dir: tempfile::TempDir,
+        settings: Settings,
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let config_path = dir.path().join("wsgate.toml");
+        std::fs::write(&config_path, settings.toml()).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn wsgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs: Arc<(Mutex<Vec<String>>, Notify)> =
+            Arc::new((Mutex::new(Vec::new()), Notify::new()));
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.0.lock().unwrap().push(line);
+                sink.1.notify_waiters();
+            }
+            sink.0.lock().unwrap().push("<eof>".into());
+            sink.1.notify_waiters();
+        });
+        let secret = settings.0["auth"]["hs_secret"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let api_key = settings.0["admin"]["api_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut gw = Gateway {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            ca: dir.path().join("certs/ca.crt"),
+            dir,
+            config_path,
+            settings,
+            secret,
+            api_key,
+            logs,
+        };
+        let ready = gw.wait_log("wsgate ready").await;
+        let v: Value = serde_json::from_str(&ready).expect("json log line");
+        gw.addr = v["fields"]["listen"]
+            .as_str()
+            .expect("listen")
+            .parse()
+            .expect("addr");
+        gw.admin = v["fields"]["admin"]
+            .as_str()
+            .expect("admin")
+            .parse()
+            .expect("addr");
+        gw
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a real signal to the gateway process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            // Polling a child's exit status has no async event; a short poll keeps it cheap.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// All log lines so far.
+    pub fn logs(&self) -> String {
+        self.logs.0.lock().unwrap().join("\n")
+    }
+
+    /// Waits for a log line containing `needle` (counting from the start) and returns it.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        self.wait_log_after(needle, 0).await
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.logs.0.lock().unwrap().len()
+    }
+
+    /// Waits for a line containing `needle` among the lines after the first `skip`.
+    pub async fn wait_log_after(&self, needle: &str, skip: usize) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.logs.1.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let lines = self.logs.0.lock().unwrap();
+                if let Some(l) = lines.iter().skip(skip).find(|l| l.contains(needle)) {
+                    return l.clone();
+                }
+                if lines.last().is_some_and(|l| l == "<eof>") {
+                    panic!(
+                        "gateway exited before logging {needle:?}:\n{}",
+                        lines.join("\n")
+                    );
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "no log line with {needle:?} within {WAIT:?}:\n{}",
+                    self.logs()
+                );
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("wss://localhost:{}/ws", self.addr.port())
+    }
+
+    pub fn token(&self, sub: &str) -> String {
+        self.token_claims(json!({ "sub": sub, "exp": unix_now() + 3600 }))
+    }
+
+    pub fn token_claims(&self, claims: Value) -> String {
+        sign_hs(&self.secret, "HS256", claims)
+    }
+
+    /// A TLS connection to the public port, trusting the test CA.
+    pub async fn tls(&self) -> TlsStream<TcpStream> {
+        tls_connect(self.addr, &self.ca).await
+    }
+
+    /// Opens a WebSocket with the token in the subprotocol and a good Origin.
+    pub async fn connect(&self, sub: &str) -> Client {
+        let token = self.token(sub);
+        self.connect_token(&token).await
+    }
+
+    pub async fn connect_token(&self, token: &str) -> Client {
+        let mut req = self.request();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("wsgate.v1, bearer.{token}").parse().unwrap(),
+        );
+        let mut c = self.open(req).await.expect("handshake accepted");
+        let welcome = c.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        c.welcome = welcome;
+        c
+    }
+
+    /// A handshake request with a good Origin and no token.
+    pub fn request(&self) -> http::Request<()> {
+        let mut req = self.url().into_client_request().expect("request");
+        req.headers_mut().insert("origin", ORIGIN.parse().unwrap());
+        req
+    }
+
+    /// Performs a handshake; `Err((status, body))` when refused.
+    pub async fn open(&self, req: http::Request<()>) -> Result<Client, (u16, String)> {
+        let tls = self.tls().await;
+        match tokio_tungstenite::client_async(req, tls).await {
+            Ok((ws, resp)) => Ok(Client {
+                ws,
+                response: resp.map(|_| ()),
+                welcome: Value::Null,
+            }),
+            Err(tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let retry = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| format!(" retry-after={v}"))
+                    .unwrap_or_default();
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).to_string())
+                    .unwrap_or_default();
+                Err((status, format!("{body}{retry}")))
+            }
+            Err(e) => panic!("handshake failed without a status: {e}"),
+        }
+    }
+
+    /// Expects the handshake to be refused with `status`; returns the body.
+    pub async fn refused(&self, req: http::Request<()>, status: u16) -> String {
+        match self.open(req).await {
+            Ok(_) => panic!("handshake accepted, expected {status}"),
+            Err((s, body)) => {
+                assert_eq!(s, status, "body: {body}");
+                body
+            }
+        }
+    }
+
+    /// One admin HTTP request; returns (status, body).
+    pub async fn admin_request(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        http_request(self.admin, method, path, key, body).await
+    }
+
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let text = body.map(|b| b.to_string());
+        let (status, resp) = self
+            .admin_request(method, path, Some(&self.api_key.clone()), text.as_deref())
+            .await;
+        (
+            status,
+            serde_json::from_str(&resp).unwrap_or(Value::String(resp)),
+        )
+    }
+
+    /// Server resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+/// Signs claims with an HS secret.
+pub fn sign_hs(secret: &str, alg: &str, claims: Value) -> String {
+    let alg: jsonwebtoken::Algorithm = alg.parse().expect("alg");
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
+}
+
+pub async fn tls_connect(addr: SocketAddr, ca: &std::path::Path) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(cert.expect("ca cert")).expect("add root");
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("tls handshake")
+}
+
+/// A minimal HTTP/1.1 client for the admin listener.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.expect("admin connect");
+    let body = body.unwrap_or("");
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
+        .await
+        .expect("admin answer in time")
+        .expect("read");
+    parse_http(&raw)
+}
+
+/// Parses a `Connection: close` HTTP/1.1 response (chunked or not) into (status, body).
+pub fn parse_http(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n.min(tail.len())]);
+            rest = tail.get(n + 2..).unwrap_or("");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+/// A real WebSocket client over TLS.
+pub struct Client {
+    pub ws: WebSocketStream<TlsStream<TcpStream>>,
+    pub response: http::Response<()>,
+    pub welcome: Value,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    Code(u16),
+    /// The socket ended without a close frame.
+    Dropped,
+}
+
+impl Client {
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, t: &str) {
+        self.ws
+            .send(Message::text(t.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// Next JSON text message (pings are answered by tungstenite while reading).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a message in time")
+                .expect("connection open")
+                .expect("no error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sends JSON"),
+                Message::Close(c) => panic!("closed while waiting for a message: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Next message whose `type` is `ty`, skipping presence/others.
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+
+    /// Sends a request with `id` and waits for the reply carrying that id.
+    pub async fn request(&mut self, mut v: Value, id: u64) -> Value {
+        v["id"] = json!(id);
+        self.send(v).await;
+        loop {
+            let r = self.recv().await;
+            if r["id"] == json!(id) {
+                return r;
+            }
+        }
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        let r = self
+            .request(json!({"type":"join","room":room}), 9_000_001)
+            .await;
+        assert_eq!(r["type"], "joined", "{r}");
+        r
+    }
+
+    /// Reads until the connection ends; returns the close code.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Close(Some(f)))) => return Closed::Code(u16::from(f.code)),
+                Some(Ok(Message::Close(None))) => return Closed::Code(1005),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Closed::Dropped,
+            }
+        }
+    }
+
+    /// Asserts that no message arrives within `d` (used after an event that would have
+    /// produced one: e.g. after the sender's ack, a self-delivery would already be queued).
+    pub async fn assert_silent(&mut self, d: Duration) {
+        if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(d, self.ws.next()).await {
+            panic!("unexpected message: {t}");
+        }
+    }
+}
