@@ -1,1 +1,127 @@
-fn main() {}
+//! Criterion microbenchmarks for the per-message path:
+//! - `parse_sanitize_serialize`: a typical chat publish from raw text to the outbound frame;
+//! - `fanout/N`: one publication into a room of N in-process sessions (queueing included);
+//! - `join_leave/N`: one more member joining and leaving a room of N.
+//!
+//! Run with `cargo bench --bench hot_path`.
+
+use std::sync::Arc;
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wsgate::broker::{HistorySettings, MemoryBroker};
+use wsgate::hub::{Hub, Outbound, SessionCtl, SessionHandle};
+use wsgate::metrics::Metrics;
+use wsgate::protocol::{ClientMsg, RoomName, ServerMsg};
+use wsgate::sanitize::parse_client;
+
+const CHAT: &str = r#"{"type":"publish","room":"lobby","id":17,"data":{"text":"hey, is the deploy done? \u202eok","mentions":["bob","carol"],"client_ts":1767225000123}}"#;
+
+fn parse_sanitize_serialize(c: &mut Criterion) {
+    c.bench_function("parse_sanitize_serialize", |b| {
+        b.iter(|| {
+            let Ok(ClientMsg::Publish { room, data, .. }) = parse_client(black_box(CHAT)) else {
+                panic!("valid publish");
+            };
+            let frame = ServerMsg::Message {
+                room: room.as_str(),
+                from: "alice",
+                data: &data,
+                epoch: "a1b2c3d4",
+                offset: 58,
+                ts: 1_767_225_000_123,
+            }
+            .to_text();
+            black_box(frame)
+        })
+    });
+}
+
+struct Room {
+    hub: Arc<Hub>,
+    room: RoomName,
+    receivers: Vec<mpsc::Receiver<Outbound>>,
+    data: Value,
+}
+
+fn room_of(n: usize) -> Room {
+    let metrics = Arc::new(Metrics::new());
+    let broker = Arc::new(MemoryBroker::new(HistorySettings {
+        size: 100,
+        ttl: std::time::Duration::from_secs(600),
+    }));
+    let hub = Hub::new(broker, metrics, 1024);
+    let room = RoomName::parse("bench").expect("room");
+    let mut receivers = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = SessionHandle {
+            id: hub.next_session_id(),
+            user: Arc::from(format!("u{i}")),
+            tx,
+            ctl: Arc::new(SessionCtl::new(CancellationToken::new())),
+        };
+        hub.join(&handle, &room, None, None).expect("join");
+        receivers.push(rx);
+    }
+    for rx in &mut receivers {
+        while rx.try_recv().is_ok() {}
+    }
+    Room {
+        hub,
+        room,
+        receivers,
+        data: serde_json::json!({"text": "hello everyone"}),
+    }
+}
+
+fn fanout(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fanout");
+    for n in [100usize, 1_000, 10_000] {
+        let mut r = room_of(n);
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                r.hub
+                    .publish(&r.room, "@server", &r.data, None)
+                    .expect("publish");
+                for rx in &mut r.receivers {
+                    while let Ok(item) = rx.try_recv() {
+                        black_box(item);
+                    }
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn join_leave(c: &mut Criterion) {
+    let mut g = c.benchmark_group("join_leave");
+    for n in [100usize, 1_000, 10_000] {
+        let mut r = room_of(n);
+        let (tx, mut rx) = mpsc::channel(4096);
+        let handle = SessionHandle {
+            id: r.hub.next_session_id(),
+            user: Arc::from("newcomer"),
+            tx,
+            ctl: Arc::new(SessionCtl::new(CancellationToken::new())),
+        };
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                r.hub.join(&handle, &r.room, None, None).expect("join");
+                r.hub.leave(&handle, &r.room, true);
+                while rx.try_recv().is_ok() {}
+                for q in &mut r.receivers {
+                    while q.try_recv().is_ok() {}
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, parse_sanitize_serialize, fanout, join_leave);
+criterion_main!(benches);

@@ -1,14 +1,705 @@
-//! `wsgate bench`: a load generator for sizing a deployment.
+//! `wsgate bench`: a load generator for sizing a deployment, in the spirit of
+//! `redis-benchmark` or `nats bench`.
+//!
+//! It mints a token per connection with the gateway's HS256 secret, opens `--conns`
+//! subscribers (spread over `--src-ips` when given), joins them to one room, and publishes from
+//! `--publishers` connections at a fixed total rate or as fast as the room absorbs (`max`: a
+//! closed loop with at most `--window` messages not yet delivered to every subscriber). Every
+//! subscriber checks that room offsets arrive strictly in order with no gaps, so lost,
+//! duplicated and out-of-order deliveries are counted exactly. A progress line goes to stderr
+//! each second; the JSON report goes to stdout (or `--json FILE`).
+//!
+//! Remember the gateway's own limits: `limits.messages_per_second`/`burst` apply to each
+//! publisher and `limits.handshakes_per_ip_per_minute`/`max_connections_per_ip` to each source
+//! address. Raise them on the gateway under test, or the report shows `rate_limited` errors and
+//! refused connections.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::json;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// Arguments of `wsgate bench`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Gateway URL, e.g. wss://localhost:8443/ws
-    #[arg(long)]
+    /// Gateway WebSocket URL
+    #[arg(long, default_value = "wss://localhost:8443/ws")]
     pub url: String,
+    /// HS256 secret for the tokens (default: auth.hs_secret of --config)
+    #[arg(long, env = "WSGATE_BENCH_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// CA certificate to trust (default: certs/dev/ca.crt when it exists)
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Do not verify the server certificate
+    #[arg(long)]
+    pub insecure: bool,
+    /// Origin header ("" sends none)
+    #[arg(long, default_value = "https://localhost:8443")]
+    pub origin: String,
+    /// Subscriber connections
+    #[arg(long, default_value_t = 100)]
+    pub conns: usize,
+    /// Publisher connections (they are members of the room too)
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Room to use
+    #[arg(long, default_value = "bench")]
+    pub room: String,
+    /// Total publish rate in messages/s, or "max"
+    #[arg(long, default_value = "10")]
+    pub rate: String,
+    /// Measured time
+    #[arg(long, default_value = "10s")]
+    pub duration: humantime::Duration,
+    /// Time before measuring starts
+    #[arg(long, default_value = "1s")]
+    pub warmup: humantime::Duration,
+    /// How long to wait for stragglers after the last publish
+    #[arg(long, default_value = "3s")]
+    pub drain: humantime::Duration,
+    /// Approximate size of each message's data, in bytes
+    #[arg(long, default_value_t = 100)]
+    pub msg_bytes: usize,
+    /// Messages in flight in "max" mode
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Local addresses to spread connections over: "127.0.0.2-127.0.0.20" or a comma list
+    #[arg(long)]
+    pub src_ips: Option<String>,
+    /// Handshakes in flight while connecting
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// Only connect the subscribers, hold them for --duration, then report (no publishing)
+    #[arg(long)]
+    pub hold: bool,
+    /// Write the JSON report here instead of stdout
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
-pub fn main(_args: BenchArgs) -> i32 {
-    eprintln!("wsgate bench: not available yet");
-    2
+type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+/// Slots for "max" mode: deliveries per sequence number, modulo the ring.
+const RING: usize = 1 << 16;
+const HIST_SHARDS: usize = 16;
+
+struct Shared {
+    epoch: Instant,
+    subs_alive: AtomicU64,
+    deliveries: AtomicU64,
+    measuring: AtomicBool,
+    measured: AtomicU64,
+    /// Sequence numbers from this one on are measured for latency.
+    measure_from: AtomicU64,
+    lost: AtomicU64,
+    dups: AtomicU64,
+    out_of_order: AtomicU64,
+    errors: AtomicU64,
+    rate_limited: AtomicU64,
+    closed_early: AtomicU64,
+    counts: Vec<AtomicU32>,
+    done: Notify,
+    hists: Vec<Mutex<Histogram<u64>>>,
+    stop: AtomicBool,
+}
+
+fn now_ns(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// Finds `"key":<digits>` in a JSON text without parsing it.
+fn scan_u64(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(key)? + key.len();
+    let rest = text[at..].trim_start_matches([' ', ':']);
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn parse_src_ips(s: &str) -> anyhow::Result<Vec<IpAddr>> {
+    if let Some((a, b)) = s.split_once('-') {
+        let (a, b): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (a.trim().parse()?, b.trim().parse()?);
+        let (a, b) = (u32::from(a), u32::from(b));
+        anyhow::ensure!(a <= b, "empty address range {s}");
+        Ok((a..=b).map(|n| IpAddr::V4(n.into())).collect())
+    } else {
+        s.split(',').map(|p| Ok(p.trim().parse()?)).collect()
+    }
+}
+
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+struct Target {
+    url: String,
+    addr: SocketAddr,
+    host: String,
+    tls: TlsConnector,
+    origin: String,
+    secret: Vec<u8>,
+    src_ips: Vec<IpAddr>,
+}
+
+impl Target {
+    async fn connect(&self, idx: usize, sub: &str) -> Result<Ws, String> {
+        let tcp = if self.src_ips.is_empty() {
+            TcpStream::connect(self.addr).await
+        } else {
+            let ip = self.src_ips[idx % self.src_ips.len()];
+            let sock = if ip.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+                .map_err(|e| format!("socket: {e}"))?;
+            sock.bind(SocketAddr::new(ip, 0)).map_err(|e| format!("bind {ip}: {e}"))?;
+            sock.connect(self.addr).await
+        }
+        .map_err(|e| format!("tcp: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(self.host.clone()).map_err(|e| format!("server name: {e}"))?;
+        let tls = self.tls.connect(name, tcp).await.map_err(|e| format!("tls: {e}"))?;
+        let now = crate::auth::unix_now();
+        let token = crate::auth::mint_hs256(
+            &self.secret,
+            &crate::auth::MintClaims {
+                sub,
+                exp: now + 3600,
+                iat: now,
+                name: None,
+                rooms: None,
+                iss: None,
+                aud: None,
+            },
+        )
+        .map_err(|e| format!("token: {e}"))?;
+        let mut req = self.url.as_str().into_client_request().map_err(|e| format!("url: {e}"))?;
+        let h = req.headers_mut();
+        if let Ok(v) = format!("wsgate.v1, bearer.{token}").parse() {
+            h.insert("sec-websocket-protocol", v);
+        }
+        if !self.origin.is_empty() {
+            if let Ok(v) = self.origin.parse() {
+                h.insert("origin", v);
+            }
+        }
+        let (ws, _) = tokio_tungstenite::client_async(req, tls)
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => format!("http_{}", r.status().as_u16()),
+                other => format!("ws: {other}"),
+            })?;
+        Ok(ws)
+    }
+}
+
+async fn join(ws: &mut Ws, room: &str) -> Result<(), String> {
+    let req = json!({"type":"join","room":room,"id":1}).to_string();
+    ws.send(Message::text(req)).await.map_err(|e| format!("join: {e}"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Err("join timeout".into()),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if t.contains("\"type\":\"joined\"") {
+                    return Ok(());
+                }
+                if t.contains("\"type\":\"error\"") {
+                    return Err(format!("join refused: {t}"));
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => return Err("closed while joining".into()),
+        }
+    }
+}
+
+/// A subscriber: checks offsets, records latency.
+async fn subscribe(mut ws: Ws, sh: Arc<Shared>, shard: usize, subs: u64) {
+    let mut last_offset: Option<u64> = None;
+    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+    let mut pending = 0u64;
+    while let Some(msg) = ws.next().await {
+        let t = match msg {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Close(_)) | Err(_) => {
+                if !sh.stop.load(Relaxed) {
+                    sh.closed_early.fetch_add(1, Relaxed);
+                }
+                break;
+            }
+            Ok(_) => continue,
+        };
+        let (Some(seq), Some(ts), Some(offset)) = (
+            scan_u64(&t, "\"seq\""),
+            scan_u64(&t, "\"ts\""),
+            scan_u64(&t, "\"offset\""),
+        ) else {
+            continue;
+        };
+        let now = now_ns(sh.epoch);
+        match last_offset {
+            Some(last) if offset <= last => {
+                if offset == last {
+                    sh.dups.fetch_add(1, Relaxed);
+                } else {
+                    sh.out_of_order.fetch_add(1, Relaxed);
+                }
+                continue;
+            }
+            Some(last) if offset > last + 1 => {
+                sh.lost.fetch_add(offset - last - 1, Relaxed);
+            }
+            _ => {}
+        }
+        last_offset = Some(offset);
+        sh.deliveries.fetch_add(1, Relaxed);
+        if sh.measuring.load(Relaxed) {
+            sh.measured.fetch_add(1, Relaxed);
+        }
+        if seq >= sh.measure_from.load(Relaxed) {
+            if let Some(h) = local.as_mut() {
+                let _ = h.record((now.saturating_sub(ts) / 1000).max(1));
+                pending += 1;
+                if pending >= 256 {
+                    if let Ok(mut g) = sh.hists[shard].lock() {
+                        let _ = g.add(&*h);
+                    }
+                    h.reset();
+                    pending = 0;
+                }
+            }
+        }
+        let c = sh.counts[(seq as usize) % RING].fetch_add(1, Relaxed) + 1;
+        if u64::from(c) >= subs {
+            sh.done.notify_one();
+        }
+    }
+    if let (Some(h), Ok(mut g)) = (local, sh.hists[shard].lock()) {
+        let _ = g.add(&h);
+    }
+}
+
+fn payload(msg_bytes: usize) -> String {
+    "x".repeat(msg_bytes.saturating_sub(40))
+}
+
+/// A publisher: sends seq/ts messages until `stop`, counting errors.
+async fn publish(mut ws: Ws, sh: Arc<Shared>, room: String, msg_bytes: usize, seqs: Arc<AtomicU64>, pace: Pace) {
+    let pad = payload(msg_bytes);
+    let (mut write, mut read) = ws.split_mut();
+    let reader = async {
+        while let Some(Ok(m)) = read.next().await {
+            if let Message::Text(t) = m {
+                if t.contains("\"type\":\"error\"") {
+                    if t.contains("rate_limited") {
+                        sh.rate_limited.fetch_add(1, Relaxed);
+                    } else {
+                        sh.errors.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        }
+    };
+    let writer = async {
+        let mut next = tokio::time::Instant::now();
+        while !sh.stop.load(Relaxed) {
+            match &pace {
+                Pace::Every(d) => {
+                    next += *d;
+                    tokio::time::sleep_until(next).await;
+                }
+                Pace::Window { window, subs } => loop {
+                    let sent = seqs.load(Relaxed);
+                    let oldest = sent.saturating_sub(*window as u64);
+                    let done = sent < *window as u64
+                        || u64::from(sh.counts[(oldest as usize) % RING].load(Relaxed)) >= *subs;
+                    if done || sh.stop.load(Relaxed) {
+                        if sent >= *window as u64 {
+                            sh.counts[(oldest as usize) % RING].store(0, Relaxed);
+                        }
+                        break;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_millis(1000), sh.done.notified()).await;
+                    // A window slot that never completes (a lost delivery) must not hang the
+                    // run: after a second the oldest message is given up.
+                    if u64::from(sh.counts[(oldest as usize) % RING].load(Relaxed)) < *subs {
+                        sh.counts[(oldest as usize) % RING].store(0, Relaxed);
+                        break;
+                    }
+                },
+            }
+            if sh.stop.load(Relaxed) {
+                break;
+            }
+            let seq = seqs.fetch_add(1, Relaxed);
+            let msg = format!(
+                r#"{{"type":"publish","room":"{room}","data":{{"seq":{seq},"ts":{},"pad":"{pad}"}}}}"#,
+                now_ns(sh.epoch)
+            );
+            if write.send(Message::text(msg)).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+    }
+}
+
+trait SplitMut {
+    fn split_mut(
+        &mut self,
+    ) -> (
+        futures_util::stream::SplitSink<&mut Ws, Message>,
+        futures_util::stream::SplitStream<&mut Ws>,
+    );
+}
+
+impl SplitMut for Ws {
+    fn split_mut(
+        &mut self,
+    ) -> (
+        futures_util::stream::SplitSink<&mut Ws, Message>,
+        futures_util::stream::SplitStream<&mut Ws>,
+    ) {
+        StreamExt::split(self)
+    }
+}
+
+#[derive(Clone)]
+enum Pace {
+    Every(Duration),
+    Window { window: usize, subs: u64 },
+}
+
+fn tls_connector(args: &BenchArgs) -> anyhow::Result<TlsConnector> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let cfg = if args.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth()
+    } else {
+        let ca = args.ca.clone().unwrap_or_else(|| PathBuf::from("certs/dev/ca.crt"));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&ca).map_err(|e| anyhow::anyhow!("--ca {}: {e}", ca.display()))? {
+            roots.add(cert?)?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(TlsConnector::from(Arc::new(cfg)))
+}
+
+fn resolve(url: &str) -> anyhow::Result<(SocketAddr, String)> {
+    let uri: http::Uri = url.parse()?;
+    anyhow::ensure!(uri.scheme_str() == Some("wss"), "--url must be wss://");
+    let host = uri.host().ok_or_else(|| anyhow::anyhow!("--url has no host"))?.trim_matches(['[', ']']).to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {host}"))?;
+    Ok((addr, host))
+}
+
+pub fn main(args: BenchArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wsgate bench: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("wsgate bench: {e:#}");
+            1
+        }
+    }
+}
+
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let secret = match &args.secret {
+        Some(s) => s.clone().into_bytes(),
+        None => {
+            let cfg = crate::config::Config::load(crate::config::Source {
+                path: std::path::Path::new("config/wsgate.toml"),
+                env: None,
+            })?;
+            crate::auth::hs_secret(&cfg.auth)?
+        }
+    };
+    let (addr, host) = resolve(&args.url)?;
+    let target = Arc::new(Target {
+        url: args.url.clone(),
+        addr,
+        host,
+        tls: tls_connector(&args)?,
+        origin: args.origin.clone(),
+        secret,
+        src_ips: args.src_ips.as_deref().map(parse_src_ips).transpose()?.unwrap_or_default(),
+    });
+    let sh = Arc::new(Shared {
+        epoch: Instant::now(),
+        subs_alive: AtomicU64::new(0),
+        deliveries: AtomicU64::new(0),
+        measuring: AtomicBool::new(false),
+        measured: AtomicU64::new(0),
+        measure_from: AtomicU64::new(u64::MAX),
+        lost: AtomicU64::new(0),
+        dups: AtomicU64::new(0),
+        out_of_order: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        rate_limited: AtomicU64::new(0),
+        closed_early: AtomicU64::new(0),
+        counts: (0..RING).map(|_| AtomicU32::new(0)).collect(),
+        done: Notify::new(),
+        hists: (0..HIST_SHARDS)
+            .map(|_| Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")))
+            .collect(),
+        stop: AtomicBool::new(false),
+    });
+
+    // Connect subscribers (and publishers) with bounded concurrency.
+    let connect_start = Instant::now();
+    let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let total = args.conns + if args.hold { 0 } else { args.publishers };
+    let failures = Arc::new(Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
+    let mut handles = Vec::with_capacity(total);
+    for i in 0..total {
+        let target = target.clone();
+        let sem = sem.clone();
+        let room = args.room.clone();
+        let failures = failures.clone();
+        let hold = args.hold;
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.ok()?;
+            let sub = format!("bench-{i}");
+            let r = async {
+                let mut ws = target.connect(i, &sub).await?;
+                if !hold {
+                    join(&mut ws, &room).await?;
+                }
+                Ok::<_, String>(ws)
+            }
+            .await;
+            match r {
+                Ok(ws) => Some(ws),
+                Err(e) => {
+                    if let Ok(mut f) = failures.lock() {
+                        *f.entry(e.chars().take(60).collect()).or_insert(0) += 1;
+                    }
+                    None
+                }
+            }
+        }));
+    }
+    let mut conns = Vec::with_capacity(total);
+    let mut last_report = Instant::now();
+    for (i, h) in handles.into_iter().enumerate() {
+        if let Ok(Some(ws)) = h.await {
+            conns.push(ws);
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            eprintln!("[connect] {}/{} open", conns.len(), i + 1);
+            last_report = Instant::now();
+        }
+    }
+    let connect_secs = connect_start.elapsed().as_secs_f64();
+    let connected = conns.len();
+    eprintln!("[connect] {connected}/{total} open in {connect_secs:.1}s");
+    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
+
+    if args.hold || connected <= args.publishers {
+        let held = Instant::now();
+        tokio::time::sleep(args.duration.into()).await;
+        let report = json!({
+            "mode": "hold",
+            "connections": connected,
+            "connect_failures": failures,
+            "connect_seconds": connect_secs,
+            "held_seconds": held.elapsed().as_secs_f64(),
+        });
+        return write_report(&args, &report);
+    }
+
+    let publishers: Vec<Ws> = conns.split_off(connected - args.publishers.min(connected));
+    let subs = conns.len() as u64;
+    sh.subs_alive.store(subs, Relaxed);
+    let mut tasks = Vec::new();
+    for (i, ws) in conns.into_iter().enumerate() {
+        tasks.push(tokio::spawn(subscribe(ws, sh.clone(), i % HIST_SHARDS, subs)));
+    }
+    let max_mode = args.rate == "max";
+    let seqs = Arc::new(AtomicU64::new(0));
+    let pace = if max_mode {
+        Pace::Window { window: args.window.max(1), subs }
+    } else {
+        let rate: f64 = args.rate.parse().map_err(|_| anyhow::anyhow!("--rate is a number or \"max\""))?;
+        anyhow::ensure!(rate > 0.0, "--rate must be positive");
+        Pace::Every(Duration::from_secs_f64(publishers.len() as f64 / rate))
+    };
+    let mut pubs = Vec::new();
+    for ws in publishers {
+        pubs.push(tokio::spawn(publish(ws, sh.clone(), args.room.clone(), args.msg_bytes, seqs.clone(), pace.clone())));
+    }
+
+    let warmup: Duration = args.warmup.into();
+    let duration: Duration = args.duration.into();
+    tokio::time::sleep(warmup).await;
+    sh.measure_from.store(seqs.load(Relaxed), Relaxed);
+    sh.measuring.store(true, Relaxed);
+    let measure_start = Instant::now();
+    let mut prev = sh.deliveries.load(Relaxed);
+    while measure_start.elapsed() < duration {
+        tokio::time::sleep(Duration::from_secs(1).min(duration.saturating_sub(measure_start.elapsed()))).await;
+        let now = sh.deliveries.load(Relaxed);
+        let p99 = sh.hists.iter().filter_map(|h| h.lock().ok().map(|h| h.value_at_quantile(0.99))).max().unwrap_or(0);
+        eprintln!(
+            "[{:>4.1}s] {} subs, {:.0} deliveries/s, published {}, p99 ≈ {:.2} ms, lost {}, errors {}",
+            measure_start.elapsed().as_secs_f64(),
+            subs,
+            (now - prev) as f64,
+            seqs.load(Relaxed),
+            p99 as f64 / 1000.0,
+            sh.lost.load(Relaxed),
+            sh.errors.load(Relaxed) + sh.rate_limited.load(Relaxed)
+        );
+        prev = now;
+    }
+    sh.measuring.store(false, Relaxed);
+    let measured_secs = measure_start.elapsed().as_secs_f64();
+    let measured = sh.measured.load(Relaxed);
+    sh.stop.store(true, Relaxed);
+    for p in pubs {
+        let _ = p.await;
+    }
+    let published = seqs.load(Relaxed);
+    let accepted = published.saturating_sub(sh.rate_limited.load(Relaxed) + sh.errors.load(Relaxed));
+    // Wait for stragglers: every subscriber should reach `accepted` deliveries.
+    let drain_until = Instant::now() + Duration::from_secs_f64(Duration::from(args.drain).as_secs_f64());
+    while sh.deliveries.load(Relaxed) < accepted * subs && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    let delivered = sh.deliveries.load(Relaxed);
+    let expected = accepted * subs;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for h in &sh.hists {
+        if let Ok(h) = h.lock() {
+            hist.add(&*h)?;
+        }
+    }
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let report = json!({
+        "mode": if max_mode { "max" } else { "fixed" },
+        "url": args.url,
+        "subscribers": subs,
+        "publishers": args.publishers,
+        "connect_failures": failures,
+        "connect_seconds": connect_secs,
+        "measured_seconds": measured_secs,
+        "published": published,
+        "rate_limited": sh.rate_limited.load(Relaxed),
+        "errors": sh.errors.load(Relaxed),
+        "deliveries": delivered,
+        "deliveries_per_s": measured as f64 / measured_secs,
+        "missing": expected.saturating_sub(delivered),
+        "lost_gaps": sh.lost.load(Relaxed),
+        "duplicates": sh.dups.load(Relaxed),
+        "out_of_order": sh.out_of_order.load(Relaxed),
+        "closed_early": sh.closed_early.load(Relaxed),
+        "latency_ms": {
+            "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999),
+            "max": hist.max() as f64 / 1000.0, "samples": hist.len(),
+        },
+    });
+    eprintln!(
+        "wsgate bench: {subs} subscribers, {:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, missing {}, duplicates {}, out-of-order {}",
+        measured as f64 / measured_secs,
+        ms(0.5),
+        ms(0.99),
+        expected.saturating_sub(delivered),
+        sh.dups.load(Relaxed),
+        sh.out_of_order.load(Relaxed)
+    );
+    write_report(&args, &report)
+}
+
+fn write_report(args: &BenchArgs, report: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    match &args.json {
+        Some(path) => std::fs::write(path, text + "\n")?,
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_numbers_without_parsing() {
+        let t = r#"{"type":"message","data":{"seq":42,"ts": 7},"offset":9}"#;
+        assert_eq!(scan_u64(t, "\"seq\""), Some(42));
+        assert_eq!(scan_u64(t, "\"ts\""), Some(7));
+        assert_eq!(scan_u64(t, "\"offset\""), Some(9));
+        assert_eq!(scan_u64(t, "\"nope\""), None);
+    }
+
+    #[test]
+    fn source_ranges_expand() {
+        let ips = parse_src_ips("127.0.0.2-127.0.0.4").expect("range");
+        assert_eq!(ips.len(), 3);
+        assert!(parse_src_ips("127.0.0.9-127.0.0.2").is_err());
+        assert_eq!(parse_src_ips("127.0.0.2, 127.0.0.3").expect("list").len(), 2);
+    }
 }

@@ -69,6 +69,13 @@ let activeRoom = null;
 /** @type {WsGate | null} */
 let gate = null;
 let countdownTimer = 0;
+/**
+ * Backoff base in ms from the fragment's optional `backoff=N` (1–60000), or
+ * undefined for the client's default (1 s). Browser tests pass a short one
+ * so a reconnect takes a fraction of a second; users never need it.
+ * @type {number | undefined}
+ */
+let backoffBaseMs;
 
 window.__wsgate = null;
 window.__wsgateEvents = [];
@@ -88,7 +95,10 @@ function connect() {
 
   // getToken reads the field each time, so pasting a fresh token there is
   // picked up by the next reconnect or token refresh.
-  gate = new WsGate(`wss://${location.host}/ws`, { getToken: () => ui.token.value.trim() });
+  gate = new WsGate(`wss://${location.host}/ws`, {
+    getToken: () => ui.token.value.trim(),
+    baseMs: backoffBaseMs,
+  });
   window.__wsgate = gate;
   const current = gate;
   for (const name of EVENT_NAMES) {
@@ -389,8 +399,9 @@ function hideNotice() {
 }
 
 /**
- * Reads `#token=...&room=...`. The token is then removed from the address
- * bar, so it does not linger in the history, bookmarks or screenshots.
+ * Reads `#token=...&room=...` (and the tests' optional `&backoff=N`, see
+ * `backoffBaseMs`). The token is then removed from the address bar, so it
+ * does not linger in the history, bookmarks or screenshots.
  *
  * @returns {boolean} Whether the fragment carried a token.
  */
@@ -398,6 +409,8 @@ function readFragment() {
   const params = new URLSearchParams(location.hash.slice(1));
   const room = params.get("room");
   if (room && ROOM_NAME.test(room)) ui.room.value = room;
+  const backoff = Number(params.get("backoff"));
+  if (Number.isInteger(backoff) && backoff >= 1 && backoff <= 60_000) backoffBaseMs = backoff;
   const token = params.get("token");
   if (!token) return false;
   ui.token.value = token;
