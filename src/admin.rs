@@ -77,20 +77,18 @@ struct DisconnectBody {
 }
 
 impl Admin {
-    /// Serves until shutdown. Admin connections are short and not drained.
+    /// Serves until the process stops it, after the drain: while draining, `/readyz` must
+    /// answer 503 (not refuse connections) and `/healthz` 200. Admin connections are short
+    /// and not drained.
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
-        let shutdown = self.server.shared.shutdown.clone();
         loop {
-            let (tcp, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let admin = self.clone();
             tokio::spawn(async move {
@@ -216,6 +214,13 @@ impl Admin {
             Err(m) => return error(StatusCode::BAD_REQUEST, m),
         };
         let mut data = body.data;
+        if data.is_null() {
+            // As for a client's publish: null is no data.
+            return error(
+                StatusCode::BAD_REQUEST,
+                "missing field `data` (null is not data)",
+            );
+        }
         sanitize_value(&mut data);
         match self
             .server

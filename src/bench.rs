@@ -126,13 +126,16 @@ fn now_ns(epoch: Instant) -> u64 {
 fn scan_u64(text: &str, key: &str) -> Option<u64> {
     let at = text.find(key)? + key.len();
     let rest = text[at..].trim_start_matches([' ', ':']);
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
 fn parse_src_ips(s: &str) -> anyhow::Result<Vec<IpAddr>> {
     if let Some((a, b)) = s.split_once('-') {
-        let (a, b): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (a.trim().parse()?, b.trim().parse()?);
+        let (a, b): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+            (a.trim().parse()?, b.trim().parse()?);
         let (a, b) = (u32::from(a), u32::from(b));
         anyhow::ensure!(a <= b, "empty address range {s}");
         Ok((a..=b).map(|n| IpAddr::V4(n.into())).collect())
@@ -192,15 +195,25 @@ impl Target {
             TcpStream::connect(self.addr).await
         } else {
             let ip = self.src_ips[idx % self.src_ips.len()];
-            let sock = if ip.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-                .map_err(|e| format!("socket: {e}"))?;
-            sock.bind(SocketAddr::new(ip, 0)).map_err(|e| format!("bind {ip}: {e}"))?;
+            let sock = if ip.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(|e| format!("socket: {e}"))?;
+            sock.bind(SocketAddr::new(ip, 0))
+                .map_err(|e| format!("bind {ip}: {e}"))?;
             sock.connect(self.addr).await
         }
         .map_err(|e| format!("tcp: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(self.host.clone()).map_err(|e| format!("server name: {e}"))?;
-        let tls = self.tls.connect(name, tcp).await.map_err(|e| format!("tls: {e}"))?;
+        let name =
+            ServerName::try_from(self.host.clone()).map_err(|e| format!("server name: {e}"))?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
         let now = crate::auth::unix_now();
         let token = crate::auth::mint_hs256(
             &self.secret,
@@ -215,7 +228,11 @@ impl Target {
             },
         )
         .map_err(|e| format!("token: {e}"))?;
-        let mut req = self.url.as_str().into_client_request().map_err(|e| format!("url: {e}"))?;
+        let mut req = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| format!("url: {e}"))?;
         let h = req.headers_mut();
         if let Ok(v) = format!("wsgate.v1, bearer.{token}").parse() {
             h.insert("sec-websocket-protocol", v);
@@ -228,7 +245,9 @@ impl Target {
         let (ws, _) = tokio_tungstenite::client_async(req, tls)
             .await
             .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(r) => format!("http_{}", r.status().as_u16()),
+                tokio_tungstenite::tungstenite::Error::Http(r) => {
+                    format!("http_{}", r.status().as_u16())
+                }
                 other => format!("ws: {other}"),
             })?;
         Ok(ws)
@@ -237,7 +256,9 @@ impl Target {
 
 async fn join(ws: &mut Ws, room: &str) -> Result<(), String> {
     let req = json!({"type":"join","room":room,"id":1}).to_string();
-    ws.send(Message::text(req)).await.map_err(|e| format!("join: {e}"))?;
+    ws.send(Message::text(req))
+        .await
+        .map_err(|e| format!("join: {e}"))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         match tokio::time::timeout_at(deadline, ws.next()).await {
@@ -327,7 +348,14 @@ fn payload(msg_bytes: usize) -> String {
 }
 
 /// A publisher: sends seq/ts messages until `stop`, counting errors.
-async fn publish(mut ws: Ws, sh: Arc<Shared>, room: String, msg_bytes: usize, seqs: Arc<AtomicU64>, pace: Pace) {
+async fn publish(
+    mut ws: Ws,
+    sh: Arc<Shared>,
+    room: String,
+    msg_bytes: usize,
+    seqs: Arc<AtomicU64>,
+    pace: Pace,
+) {
     let pad = payload(msg_bytes);
     let (mut write, mut read) = ws.split_mut();
     let reader = async {
@@ -362,7 +390,8 @@ async fn publish(mut ws: Ws, sh: Arc<Shared>, room: String, msg_bytes: usize, se
                         }
                         break;
                     }
-                    let _ = tokio::time::timeout(Duration::from_millis(1000), sh.done.notified()).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(1000), sh.done.notified()).await;
                     // A window slot that never completes (a lost delivery) must not hang the
                     // run: after a second the oldest message is given up.
                     if u64::from(sh.counts[(oldest as usize) % RING].load(Relaxed)) < *subs {
@@ -418,16 +447,22 @@ enum Pace {
 
 fn tls_connector(args: &BenchArgs) -> anyhow::Result<TlsConnector> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
     let cfg = if args.insecure {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
             .with_no_client_auth()
     } else {
-        let ca = args.ca.clone().unwrap_or_else(|| PathBuf::from("certs/dev/ca.crt"));
+        let ca = args
+            .ca
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("certs/dev/ca.crt"));
         let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(&ca).map_err(|e| anyhow::anyhow!("--ca {}: {e}", ca.display()))? {
+        for cert in CertificateDer::pem_file_iter(&ca)
+            .map_err(|e| anyhow::anyhow!("--ca {}: {e}", ca.display()))?
+        {
             roots.add(cert?)?;
         }
         builder.with_root_certificates(roots).with_no_client_auth()
@@ -438,7 +473,11 @@ fn tls_connector(args: &BenchArgs) -> anyhow::Result<TlsConnector> {
 fn resolve(url: &str) -> anyhow::Result<(SocketAddr, String)> {
     let uri: http::Uri = url.parse()?;
     anyhow::ensure!(uri.scheme_str() == Some("wss"), "--url must be wss://");
-    let host = uri.host().ok_or_else(|| anyhow::anyhow!("--url has no host"))?.trim_matches(['[', ']']).to_string();
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow::anyhow!("--url has no host"))?
+        .trim_matches(['[', ']'])
+        .to_string();
     let port = uri.port_u16().unwrap_or(443);
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
         .next()
@@ -447,7 +486,10 @@ fn resolve(url: &str) -> anyhow::Result<(SocketAddr, String)> {
 }
 
 pub fn main(args: BenchArgs) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wsgate bench: {e}");
@@ -482,7 +524,12 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         tls: tls_connector(&args)?,
         origin: args.origin.clone(),
         secret,
-        src_ips: args.src_ips.as_deref().map(parse_src_ips).transpose()?.unwrap_or_default(),
+        src_ips: args
+            .src_ips
+            .as_deref()
+            .map(parse_src_ips)
+            .transpose()?
+            .unwrap_or_default(),
     });
     let sh = Arc::new(Shared {
         epoch: Instant::now(),
@@ -500,7 +547,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         counts: (0..RING).map(|_| AtomicU32::new(0)).collect(),
         done: Notify::new(),
         hists: (0..HIST_SHARDS)
-            .map(|_| Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")))
+            .map(|_| {
+                Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"))
+            })
             .collect(),
         stop: AtomicBool::new(false),
     });
@@ -573,20 +622,38 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     sh.subs_alive.store(subs, Relaxed);
     let mut tasks = Vec::new();
     for (i, ws) in conns.into_iter().enumerate() {
-        tasks.push(tokio::spawn(subscribe(ws, sh.clone(), i % HIST_SHARDS, subs)));
+        tasks.push(tokio::spawn(subscribe(
+            ws,
+            sh.clone(),
+            i % HIST_SHARDS,
+            subs,
+        )));
     }
     let max_mode = args.rate == "max";
     let seqs = Arc::new(AtomicU64::new(0));
     let pace = if max_mode {
-        Pace::Window { window: args.window.max(1), subs }
+        Pace::Window {
+            window: args.window.max(1),
+            subs,
+        }
     } else {
-        let rate: f64 = args.rate.parse().map_err(|_| anyhow::anyhow!("--rate is a number or \"max\""))?;
+        let rate: f64 = args
+            .rate
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--rate is a number or \"max\""))?;
         anyhow::ensure!(rate > 0.0, "--rate must be positive");
         Pace::Every(Duration::from_secs_f64(publishers.len() as f64 / rate))
     };
     let mut pubs = Vec::new();
     for ws in publishers {
-        pubs.push(tokio::spawn(publish(ws, sh.clone(), args.room.clone(), args.msg_bytes, seqs.clone(), pace.clone())));
+        pubs.push(tokio::spawn(publish(
+            ws,
+            sh.clone(),
+            args.room.clone(),
+            args.msg_bytes,
+            seqs.clone(),
+            pace.clone(),
+        )));
     }
 
     let warmup: Duration = args.warmup.into();
@@ -597,9 +664,17 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let measure_start = Instant::now();
     let mut prev = sh.deliveries.load(Relaxed);
     while measure_start.elapsed() < duration {
-        tokio::time::sleep(Duration::from_secs(1).min(duration.saturating_sub(measure_start.elapsed()))).await;
+        tokio::time::sleep(
+            Duration::from_secs(1).min(duration.saturating_sub(measure_start.elapsed())),
+        )
+        .await;
         let now = sh.deliveries.load(Relaxed);
-        let p99 = sh.hists.iter().filter_map(|h| h.lock().ok().map(|h| h.value_at_quantile(0.99))).max().unwrap_or(0);
+        let p99 = sh
+            .hists
+            .iter()
+            .filter_map(|h| h.lock().ok().map(|h| h.value_at_quantile(0.99)))
+            .max()
+            .unwrap_or(0);
         eprintln!(
             "[{:>4.1}s] {} subs, {:.0} deliveries/s, published {}, p99 ≈ {:.2} ms, lost {}, errors {}",
             measure_start.elapsed().as_secs_f64(),
@@ -620,9 +695,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = p.await;
     }
     let published = seqs.load(Relaxed);
-    let accepted = published.saturating_sub(sh.rate_limited.load(Relaxed) + sh.errors.load(Relaxed));
+    let accepted =
+        published.saturating_sub(sh.rate_limited.load(Relaxed) + sh.errors.load(Relaxed));
     // Wait for stragglers: every subscriber should reach `accepted` deliveries.
-    let drain_until = Instant::now() + Duration::from_secs_f64(Duration::from(args.drain).as_secs_f64());
+    let drain_until =
+        Instant::now() + Duration::from_secs_f64(Duration::from(args.drain).as_secs_f64());
     while sh.deliveries.load(Relaxed) < accepted * subs && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -700,6 +777,9 @@ mod tests {
         let ips = parse_src_ips("127.0.0.2-127.0.0.4").expect("range");
         assert_eq!(ips.len(), 3);
         assert!(parse_src_ips("127.0.0.9-127.0.0.2").is_err());
-        assert_eq!(parse_src_ips("127.0.0.2, 127.0.0.3").expect("list").len(), 2);
+        assert_eq!(
+            parse_src_ips("127.0.0.2, 127.0.0.3").expect("list").len(),
+            2
+        );
     }
 }

@@ -166,7 +166,7 @@ impl Broker for MemoryBroker {
         let mut s = lock(&stream);
         s.last_offset += 1;
         let offset = s.last_offset;
-        let frame = ServerMsg::Message {
+        let mut frame = ServerMsg::Message {
             room: req.room.as_str(),
             from: req.from,
             data: req.data,
@@ -175,6 +175,9 @@ impl Broker for MemoryBroker {
             ts: now_ms(),
         }
         .to_text();
+        // The serializer grows its buffer by doubling; the frame lives on in the history and
+        // in every recipient's queue, so give the spare capacity (up to half) back.
+        frame.shrink_to_fit();
         let publication = Arc::new(Publication {
             epoch: s.epoch.clone(),
             offset,

@@ -116,6 +116,16 @@ fn load(path: &Path) -> Result<Config, i32> {
 fn check_config(path: &Path) -> i32 {
     match load(path) {
         Ok(cfg) => {
+            // `serve` refuses a certificate it cannot load; so must the check (like `nginx -t`),
+            // except when `serve` would generate the development pair itself.
+            let generated =
+                cfg.tls.generate_dev_cert && !cfg.tls.cert.exists() && !cfg.tls.key.exists();
+            if !generated {
+                if let Err(e) = tls::load_certified_key(&cfg.tls.cert, &cfg.tls.key) {
+                    eprintln!("wsgate: configuration error: {e}");
+                    return EXIT_CONFIG;
+                }
+            }
             print!("{}", cfg.redacted_toml());
             eprintln!("wsgate: configuration {} is valid", path.display());
             0
@@ -475,14 +485,14 @@ fn reload(running: &Running) {
     metrics
         .max_connections
         .set(next.server.max_connections as i64);
-    if current.log.level != next.log.level && std::env::var_os("RUST_LOG").is_none() {
-        if running
+    if current.log.level != next.log.level
+        && std::env::var_os("RUST_LOG").is_none()
+        && running
             .filter
             .reload(EnvFilter::new(&next.log.level))
             .is_ok()
-        {
-            applied.push("log.level");
-        }
+    {
+        applied.push("log.level");
     }
     server.shared.live.store(Arc::new(live));
     let restart = current.restart_only_changes(&next);

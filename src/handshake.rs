@@ -158,7 +158,7 @@ pub fn check<B>(req: &Request<B>, ip: IpAddr, gate: &Gate<'_>) -> Result<Admitte
             OriginRefusal::NotAllowed => Refusal::OriginNotAllowed,
         })?;
     let offered = offered_subprotocols(headers);
-    let subprotocol = offered.iter().any(|p| *p == SUBPROTOCOL);
+    let subprotocol = offered.contains(&SUBPROTOCOL);
     let token = find_token(req, &offered, &gate.live.cookie_name).map_err(Refusal::Token)?;
     if !offered.is_empty() && !subprotocol {
         return Err(Refusal::BadUpgrade("offer the wsgate.v1 subprotocol"));

@@ -8,7 +8,9 @@
 //! member is added in a *recovering* state that buffers live publications, the broker is asked
 //! for the replay, then (under the room lock again) `joined`, the replay and the buffered
 //! publications past the replay's end are queued, and the member goes live. So a session never
-//! sees a message twice or out of order, whatever is published meanwhile.
+//! sees a message twice or out of order, whatever is published meanwhile. Presence skips a
+//! recovering member, and `joined.members` is taken when it goes live, so presence never
+//! precedes `joined` and the two always add up to the room's members.
 //!
 //! Locks: the room map, then one room; never across an await, never while calling the broker.
 
@@ -212,10 +214,12 @@ impl Hub {
         self.rooms.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends `frame` to every member of `room` except `except`.
+    /// Sends `frame` to every live member of `room` except `except`. Members still joining
+    /// are skipped: the `members` of their `joined`, taken later under the same lock, already
+    /// reflects the change, and presence must never precede `joined`.
     fn broadcast_local(&self, room: &Room, frame: &Utf8Bytes, except: SessionId) {
         for (id, m) in &room.members {
-            if *id != except {
+            if *id != except && m.recovering.is_none() {
                 m.handle.send(Outbound::Frame(frame.clone()), &self.metrics);
             }
         }
@@ -230,7 +234,7 @@ impl Hub {
         id: Option<&RequestId>,
     ) -> Result<(), JoinError> {
         // 1. Become a recovering member (live publications are buffered from now on).
-        let (room, first_local, members) = loop {
+        let (room, first_local) = loop {
             let existing = self.read_rooms().get(room_name).cloned();
             let (room, created) = match existing {
                 Some(r) => (r, false),
@@ -273,9 +277,8 @@ impl Hub {
                 );
                 self.broadcast_local(&r, &frame, handle.id);
             }
-            let members: Vec<Arc<str>> = r.users.keys().cloned().collect();
             drop(r);
-            break (room, created, members);
+            break (room, created);
         };
         // 2. Ask the broker (no hub lock held). Every local member holds one subscription.
         let _ = first_local;
@@ -283,6 +286,8 @@ impl Hub {
         let recovery = self.broker.recover(room_name, since);
         // 3. Queue joined + replay + buffered live publications, then go live.
         let mut r = lock(&room);
+        // Members as of now: presence from here on reaches this session after `joined`.
+        let members: Vec<Arc<str>> = r.users.keys().cloned().collect();
         let Some(member) = r.members.get_mut(&handle.id) else {
             return Ok(()); // the session left meanwhile
         };

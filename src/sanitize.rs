@@ -156,7 +156,12 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, BadRequest> {
         } else {
             "a message must be a JSON object".to_string()
         };
-        BadRequest::new(None, message)
+        // Echo the id when the message is a JSON object with a usable one.
+        let id = serde_json::from_str::<Value>(text)
+            .ok()
+            .and_then(|v| v.get("id").cloned())
+            .and_then(|id| check_id(Some(id)).ok().flatten());
+        BadRequest::new(id, message)
     })?;
     let id = check_id(env.id)?;
     let room = |room: Option<String>| -> Result<RoomName, BadRequest> {
@@ -268,6 +273,10 @@ mod tests {
     fn error_echoes_id_when_readable() {
         let err = parse_client(r#"{"type":"join","room":"a b","id":7}"#).expect_err("bad room");
         assert_eq!(err.id, Some(Value::from(7)));
+        let err = parse_client(r#"{"type":"join","room":5,"id":"x"}"#).expect_err("bad type");
+        assert_eq!(err.id, Some(Value::from("x")));
+        let err = parse_client(r#"{"room":"r","id":8}"#).expect_err("no type");
+        assert_eq!(err.id, Some(Value::from(8)));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -41,7 +42,7 @@ type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 /// tungstenite's read chunk. Its default (128 KiB, allocated per connection) would make idle
 /// connections cost ~130 KiB each; 4 KiB keeps them small and still reads a typical chat
 /// message in one go (larger ones just take more reads).
-const WS_READ_BUFFER: usize = 4 * 1024;
+const WS_READ_BUFFER: usize = 1024;
 /// Bytes gathered before tungstenite writes to the socket; batches of small frames go out in
 /// one TLS record stream.
 const WS_WRITE_BUFFER: usize = 16 * 1024;
@@ -229,36 +230,40 @@ impl Server {
                     return;
                 }
             };
-            // Recover the TLS stream itself so the session avoids hyper's boxed IO.
-            match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
-                Ok(parts) => {
-                    let io = parts.io.into_inner();
-                    let ws = if parts.read_buf.is_empty() {
-                        WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await
-                    } else {
-                        WebSocketStream::from_partially_read(
-                            io,
-                            parts.read_buf.to_vec(),
-                            Role::Server,
-                            Some(ws_config),
-                        )
-                        .await
-                    };
-                    session::run(ws, accepted, shared).await;
-                }
-                Err(upgraded) => {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(ws_config),
-                    )
-                    .await;
-                    session::run(ws, accepted, shared).await;
-                }
-            }
+            let Some(ws) = websocket_stream(upgraded, ws_config, peer) else {
+                return;
+            };
+            // Boxed: this task then holds a pointer, and the session its exact size.
+            Box::pin(session::run(ws, accepted, shared)).await;
         });
         resp
     }
+}
+
+/// Takes the TLS stream back from hyper (no boxed IO on the hot path), lets go of hyper's read
+/// buffer (it would otherwise stay allocated for the session's life) and wraps the stream.
+fn websocket_stream(
+    upgraded: hyper::upgrade::Upgraded,
+    config: WebSocketConfig,
+    peer: SocketAddr,
+) -> Option<WebSocketStream<TlsStream<TcpStream>>> {
+    let Ok(parts) = upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() else {
+        warn!(peer = %peer.ip(), "upgrade: unexpected connection type");
+        return None;
+    };
+    let io = parts.io.into_inner();
+    let leftover = (!parts.read_buf.is_empty()).then(|| parts.read_buf.to_vec());
+    drop(parts.read_buf);
+    // Neither constructor awaits anything.
+    let ws = match leftover {
+        None => WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).now_or_never(),
+        Some(bytes) => WebSocketStream::from_partially_read(io, bytes, Role::Server, Some(config))
+            .now_or_never(),
+    };
+    if ws.is_none() {
+        warn!(peer = %peer.ip(), "upgrade: stream setup did not complete");
+    }
+    ws
 }
 
 fn empty() -> Body {

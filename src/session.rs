@@ -8,13 +8,14 @@
 //! session ends, freeing its memory.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -38,6 +39,10 @@ const MAX_BATCH: usize = 256;
 const MAX_REFUSED_STREAK: u32 = 10;
 /// How long publishing past the rate limit may go on before 1008 (CONTRACT §5).
 const FLOOD_LIMIT: Duration = Duration::from_secs(5);
+/// A pause this long between rate-limited publishes ends a flood. The publishes the bucket
+/// lets through meanwhile (one per refill) do not: a client sending far above its rate still
+/// gets one through now and then, and is flooding all the same.
+const FLOOD_PAUSE: Duration = Duration::from_secs(1);
 /// How long a close frame may take to leave once the session has decided to end.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -48,10 +53,18 @@ pub struct Accepted {
     pub permit: ConnPermit,
 }
 
-/// Runs a session to its end.
-pub async fn run<S>(ws: WebSocketStream<S>, accepted: Accepted, shared: Arc<Shared>)
+/// Builds a session and returns the future that runs it to its end.
+///
+/// The session (socket included) lives in one heap allocation that the future only points
+/// to: an idle connection then costs its buffers plus a small task, not several copies of a
+/// large async state machine.
+pub fn run<S>(
+    ws: WebSocketStream<S>,
+    accepted: Accepted,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let hub = shared.hub.clone();
     let id = hub.next_session_id();
@@ -62,53 +75,61 @@ where
         peer = %accepted.peer.ip(),
         user = %accepted.identity.user
     );
+    let live = shared.live.load_full();
+    let (tx, rx) = mpsc::channel(live.limits.send_queue);
+    let ctl = Arc::new(SessionCtl::new(shared.shutdown.child_token()));
+    let handle = SessionHandle {
+        id,
+        user: accepted.identity.user.clone(),
+        tx,
+        ctl,
+    };
+    hub.register(&handle);
+    let welcome = ServerMsg::Welcome {
+        user: &accepted.identity.user,
+        session: &session_id,
+        expires_at: accepted.identity.expires_at,
+    }
+    .to_text();
+    handle.send(Outbound::Frame(Utf8Bytes::from(welcome)), &shared.metrics);
+    let limiter = MessageLimiter::new(live.limits.messages_per_second, live.limits.burst);
+    let mut session = Box::new(Session {
+        ws,
+        rx,
+        shared,
+        handle,
+        identity: accepted.identity,
+        joined: HashSet::new(),
+        limiter,
+        refused_streak: 0,
+        flood: None,
+        last_seen: Instant::now(),
+        settled: Vec::new(),
+        _permit: accepted.permit,
+    });
     async move {
-        let live = shared.live.load_full();
-        let (tx, rx) = mpsc::channel(live.limits.send_queue);
-        let ctl = Arc::new(SessionCtl::new(shared.shutdown.child_token()));
-        let handle = SessionHandle {
-            id,
-            user: accepted.identity.user.clone(),
-            tx,
-            ctl: ctl.clone(),
-        };
-        hub.register(&handle);
-        let welcome = ServerMsg::Welcome {
-            user: &accepted.identity.user,
-            session: &session_id,
-            expires_at: accepted.identity.expires_at,
-        }
-        .to_text();
-        handle.send(Outbound::Frame(Utf8Bytes::from(welcome)), &shared.metrics);
-        let limiter = MessageLimiter::new(live.limits.messages_per_second, live.limits.burst);
-        let mut session = Session {
-            shared: shared.clone(),
-            handle,
-            identity: accepted.identity,
-            joined: HashSet::new(),
-            limiter,
-            refused_streak: 0,
-            limited_since: None,
-            last_seen: Instant::now(),
-        };
-        let code = session.serve(ws, rx).await;
+        let code = session.serve().await;
         debug!(code = code.unwrap_or(0), "session ended");
-        drop(accepted.permit);
     }
     .instrument(span)
-    .await
 }
 
-struct Session {
+struct Session<S> {
+    ws: WebSocketStream<S>,
+    rx: mpsc::Receiver<Outbound>,
     shared: Arc<Shared>,
     handle: SessionHandle,
     identity: Identity,
     joined: HashSet<RoomName>,
     limiter: MessageLimiter,
     refused_streak: u32,
-    /// When the current run of rate-limited publishes began.
-    limited_since: Option<Instant>,
+    /// The current run of rate-limited publishes: when it began, and its latest refusal.
+    flood: Option<(Instant, Instant)>,
     last_seen: Instant,
+    /// Live publications written in the current batch, settled after its flush.
+    settled: Vec<Arc<Publication>>,
+    /// The connection's slot in the connection limits, freed with the session.
+    _permit: ConnPermit,
 }
 
 enum WriteError {
@@ -122,15 +143,11 @@ fn expiry_instant(expires_at: u64, leeway: u64) -> Instant {
     Instant::now() + Duration::from_secs(left)
 }
 
-impl Session {
-    async fn serve<S>(
-        &mut self,
-        mut ws: WebSocketStream<S>,
-        mut rx: mpsc::Receiver<Outbound>,
-    ) -> Option<u16>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn serve(&mut self) -> Option<u16> {
         let live = self.shared.live.load_full();
         let ping_every = live.server.ping_interval;
         let idle_timeout = live.server.idle_timeout;
@@ -141,15 +158,14 @@ impl Session {
         tokio::pin!(expiry);
         drop(live);
         let ctl = self.handle.ctl.clone();
-        let mut settled: Vec<Arc<Publication>> = Vec::new();
 
         let code = loop {
             tokio::select! {
                 biased;
                 _ = ctl.token().cancelled() => break Some(ctl.code()),
-                item = rx.recv() => {
+                item = self.rx.recv() => {
                     let Some(item) = item else { break Some(close::INTERNAL) };
-                    let write = write_batch(&mut ws, item, &mut rx, &mut settled, &self.shared);
+                    let write = write_batch(&mut self.ws, item, &mut self.rx, &mut self.settled, &self.shared);
                     let r = tokio::select! {
                         r = write => r,
                         _ = ctl.token().cancelled() => Err(WriteError::Cancelled),
@@ -160,7 +176,7 @@ impl Session {
                         Err(WriteError::Socket) => break None,
                     }
                 }
-                msg = ws.next() => {
+                msg = self.ws.next() => {
                     self.last_seen = Instant::now();
                     match msg {
                         None => break None,
@@ -173,7 +189,7 @@ impl Session {
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                         Some(Ok(Message::Close(_))) => {
                             // tungstenite has queued the reply; send it and stop.
-                            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, ws.flush()).await;
+                            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.flush()).await;
                             break None;
                         }
                         Some(Err(e)) => break read_error_code(&e),
@@ -183,7 +199,7 @@ impl Session {
                     if self.last_seen.elapsed() >= idle_timeout {
                         break Some(close::IDLE);
                     }
-                    let send = ws.send(Message::Ping(Default::default()));
+                    let send = self.ws.send(Message::Ping(Default::default()));
                     let r = tokio::select! {
                         r = send => r.map_err(|_| WriteError::Socket),
                         _ = ctl.token().cancelled() => Err(WriteError::Cancelled),
@@ -206,30 +222,37 @@ impl Session {
         }
         self.shared.hub.unregister(&self.handle);
         if let Some(code) = code {
-            if code == close::GOING_AWAY {
-                // Drain what is queued (bounded by the shutdown grace in `main`).
-                while let Ok(item) = rx.try_recv() {
-                    let (msg, _) = to_message(item);
-                    if ws.feed(msg).await.is_err() {
-                        break;
+            self.rx.close();
+            if code != close::SLOW {
+                // Send what was queued before the close: at shutdown the last messages, after
+                // a refusal the reply that explains the close. Not for a client too slow to
+                // read: its queue is full and its socket blocked.
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+                    while let Ok(item) = self.rx.try_recv() {
+                        let (msg, _) = to_message(item);
+                        if self.ws.feed(msg).await.is_err() {
+                            break;
+                        }
                     }
-                }
+                })
+                .await;
             }
-            rx.close();
             let frame = CloseFrame {
                 code: CloseCode::from(code),
                 reason: close::reason(code).into(),
             };
             self.shared.metrics.close_sent(code);
-            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, ws.close(Some(frame))).await;
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.close(Some(frame))).await;
             if code != close::SLOW {
                 // Wait briefly for the client's close reply so it sees a clean close.
                 let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
-                    while let Some(Ok(_)) = ws.next().await {}
+                    while let Some(Ok(_)) = self.ws.next().await {}
                 })
                 .await;
             }
         }
+        // End TLS properly (close_notify) so clients do not see a truncated stream.
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.get_mut().shutdown()).await;
         code
     }
 
@@ -343,14 +366,17 @@ impl Session {
                 }
                 if !self.limiter.allow() {
                     let now = Instant::now();
-                    let since = *self.limited_since.get_or_insert(now);
-                    if now.duration_since(since) >= FLOOD_LIMIT {
+                    let began = match self.flood {
+                        Some((began, last)) if now.duration_since(last) < FLOOD_PAUSE => began,
+                        _ => now,
+                    };
+                    self.flood = Some((began, now));
+                    if now.duration_since(began) >= FLOOD_LIMIT {
                         return Some(close::POLICY);
                     }
                     let message = format!("{} messages/s exceeded", want.0);
                     return self.refuse(id.as_ref(), ErrorCode::RateLimited, &message);
                 }
-                self.limited_since = None;
                 match self.shared.hub.publish(
                     &room,
                     &self.identity.user,

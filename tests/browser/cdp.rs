@@ -12,12 +12,11 @@ use std::time::Duration;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-
-use crate::support;
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// How long a page may take to reach any awaited state.
@@ -43,13 +42,23 @@ impl Browser {
         let profile = dir.path().join("profile");
         let log = std::fs::File::create(dir.path().join("chromium.log")).expect("log file");
         let child = Command::new(CHROMIUM)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+            ])
             .args(["--no-first-run", "--disable-background-networking"])
             .args(["--disable-component-update", "--disable-sync"])
-            .args(["--disable-background-timer-throttling", "--disable-renderer-backgrounding"])
+            .args([
+                "--disable-background-timer-throttling",
+                "--disable-renderer-backgrounding",
+            ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("--remote-debugging-port=0")
-            .arg(format!("--ignore-certificate-errors-spki-list={spki_sha256}"))
+            .arg(format!(
+                "--ignore-certificate-errors-spki-list={spki_sha256}"
+            ))
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -92,10 +101,7 @@ impl Browser {
 
     /// Opens a new tab (target) and navigates it to `url`.
     pub async fn open(&self, url: &str) -> Page {
-        let (status, body) =
-            support::http_request(self.devtools, "PUT", "/json/new?about:blank", None, None).await;
-        assert_eq!(status, 200, "DevTools /json/new: {body}");
-        let target: Value = serde_json::from_str(&body).expect("target JSON");
+        let target = self.http_json("PUT", "/json/new?about:blank").await;
         let ws_url = target["webSocketDebuggerUrl"].as_str().expect("ws url");
         let tcp = TcpStream::connect(self.devtools).await.expect("devtools");
         let (ws, _) = tokio_tungstenite::client_async(ws_url, tcp)
@@ -105,10 +111,52 @@ impl Browser {
         page.call("Runtime.enable", json!({})).await;
         page.call("Log.enable", json!({})).await;
         // Each tab behaves as if it had the focus, so typing works in a background tab.
-        page.call("Emulation.setFocusEmulationEnabled", json!({"enabled": true}))
-            .await;
+        page.call(
+            "Emulation.setFocusEmulationEnabled",
+            json!({"enabled": true}),
+        )
+        .await;
         page.call("Page.navigate", json!({ "url": url })).await;
         page
+    }
+}
+
+impl Browser {
+    /// One request to the DevTools HTTP endpoint. It keeps the connection open whatever the
+    /// request says, so the body is read up to its Content-Length.
+    async fn http_json(&self, method: &str, path: &str) -> Value {
+        let mut tcp = TcpStream::connect(self.devtools).await.expect("devtools");
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        let read = async {
+            loop {
+                let mut buf = [0u8; 4096];
+                let n = tcp.read(&mut buf).await.expect("read");
+                raw.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&raw);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")?
+                                .trim()
+                                .parse()
+                                .ok()
+                        })
+                        .unwrap_or(0usize);
+                    if body.len() >= len || n == 0 {
+                        assert!(head.starts_with("HTTP/1.1 200"), "DevTools {path}: {text}");
+                        return serde_json::from_str(body).expect("DevTools JSON");
+                    }
+                }
+                assert!(n > 0, "DevTools {path}: connection closed early");
+            }
+        };
+        tokio::time::timeout(PAGE_WAIT, read)
+            .await
+            .unwrap_or_else(|_| panic!("no DevTools answer to {path} within {PAGE_WAIT:?}"))
     }
 }
 
@@ -155,10 +203,14 @@ impl Page {
                 } else if v["method"] == "Runtime.consoleAPICalled" {
                     let args = v["params"]["args"].as_array().cloned().unwrap_or_default();
                     let text: Vec<String> = args.iter().map(|a| a["value"].to_string()).collect();
-                    c.lock().unwrap().push(format!("console: {}", text.join(" ")));
+                    c.lock()
+                        .unwrap()
+                        .push(format!("console: {}", text.join(" ")));
                 } else if v["method"] == "Log.entryAdded" {
                     let e = &v["params"]["entry"];
-                    c.lock().unwrap().push(format!("log: {} {}", e["text"], e["url"]));
+                    c.lock()
+                        .unwrap()
+                        .push(format!("log: {} {}", e["text"], e["url"]));
                 } else if v["method"] == "Runtime.exceptionThrown" {
                     let d = &v["params"]["exceptionDetails"];
                     c.lock().unwrap().push(format!("exception: {d}"));
@@ -218,9 +270,10 @@ impl Page {
             // Errors (page still loading, app not started yet) just mean "not yet".
             let last = self.try_eval(expr).await;
             match &last {
-                Ok(v) if !matches!(v, Value::Null | Value::Bool(false))
-                    && v.as_f64() != Some(0.0)
-                    && v.as_str() != Some("") =>
+                Ok(v)
+                    if !matches!(v, Value::Null | Value::Bool(false))
+                        && v.as_f64() != Some(0.0)
+                        && v.as_str() != Some("") =>
                 {
                     return v.clone()
                 }
@@ -253,7 +306,8 @@ impl Page {
             ))
             .await;
         for kind in ["mousePressed", "mouseReleased"] {
-            let ev = json!({"type": kind, "x": at[0], "y": at[1], "button": "left", "clickCount": 1});
+            let ev =
+                json!({"type": kind, "x": at[0], "y": at[1], "button": "left", "clickCount": 1});
             self.call("Input.dispatchMouseEvent", ev).await;
         }
     }

@@ -1,4 +1,7 @@
 //! Black-box tests: the real binary, real TLS, real WebSocket clients, real signals.
 
+mod admin;
+mod handshake;
+mod hub;
 mod smoke;
 mod support;

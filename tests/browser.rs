@@ -1,0 +1,574 @@
+//! End-to-end tests in a real headless Chromium: the gateway's own demo page (`web/`), served
+//! by the real binary over TLS, driven over the DevTools protocol the way a user would —
+//! typing, clicking and reading what the page shows — plus the Node unit tests of the client
+//! library, so one `cargo test` runs everything.
+//!
+//! Needs Debian's Chromium at `/usr/bin/chromium` (`apt-get install -y chromium`) and `node`;
+//! without them these tests fail rather than skip.
+
+#[path = "browser/cdp.rs"]
+mod cdp;
+#[path = "it/support.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use cdp::{crate_path, Browser, Page};
+use support::{Gateway, WAIT};
+
+/// Backoff base the pages use (`#backoff=`), so reconnects take a fraction of a second.
+const BACKOFF_MS: u32 = 200;
+
+/// Texts of the chat lines in `#messages`, oldest first.
+const TEXTS: &str =
+    "[...document.querySelectorAll('#messages li.msg .text')].map(e => e.textContent)";
+/// `{event, payload}` log of the page's client.
+const EVENTS: &str = "(window.__wsgateEvents ?? [])";
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+
+#[tokio::test]
+async fn two_pages_chat_through_the_gateway_both_ways() {
+    let certs = Certs::new();
+    let port = free_port();
+    let gw = start_gateway(&certs, port, &[port]).await;
+    let browser = Browser::launch(&certs.spki_sha256()).await;
+    let alice = open_chat(&browser, &gw, port, "alice").await;
+    let bob = open_chat(&browser, &gw, port, "bob").await;
+    for page in [&alice, &bob] {
+        page.wait_for(
+            "both members listed",
+            "(() => { const m = [...document.querySelectorAll('#members li')].map(e => e.textContent);
+                      return m.includes('alice') && m.includes('bob'); })()",
+        )
+        .await;
+    }
+
+    say(&alice, "hello from alice").await;
+    let line = bob
+        .wait_for("alice's message", &last_line_from("alice"))
+        .await;
+    assert_eq!(line, json!("hello from alice"));
+    // The sender sees its own line confirmed (acked), not pending or failed.
+    alice
+        .wait_for(
+            "alice's line acked",
+            "(() => { const l = document.querySelector('#messages li.msg.mine');
+                      return l && !l.matches('.pending, .failed'); })()",
+        )
+        .await;
+
+    say(&bob, "hi alice, bob here").await;
+    let line = alice
+        .wait_for("bob's message", &last_line_from("bob"))
+        .await;
+    assert_eq!(line, json!("hi alice, bob here"));
+
+    // Nobody receives their own message back: each page shows exactly the two lines.
+    for page in [&alice, &bob] {
+        assert_eq!(
+            page.eval(TEXTS).await,
+            json!(["hello from alice", "hi alice, bob here"])
+        );
+    }
+}
+
+#[tokio::test]
+async fn message_markup_is_shown_as_text_never_run() {
+    let certs = Certs::new();
+    let port = free_port();
+    let gw = start_gateway(&certs, port, &[port]).await;
+    let browser = Browser::launch(&certs.spki_sha256()).await;
+    let alice = open_chat(&browser, &gw, port, "alice").await;
+    let bob = open_chat(&browser, &gw, port, "bob").await;
+    alice
+        .wait_for(
+            "bob listed",
+            "!!document.querySelector('#members li[data-user=\"bob\"]')",
+        )
+        .await;
+
+    let from_page = r#"<img src=x onerror="window.__pwned=1">"#;
+    let from_api = r#"<img src=x onerror="window.__pwned=2"><script>window.__pwned=3</script>"#;
+    say(&bob, from_page).await;
+    bob.wait_for(
+        "bob's line acked",
+        "!!document.querySelector('#messages li.msg.mine:not(.pending):not(.failed)')",
+    )
+    .await;
+    publish(&gw, from_api).await;
+    publish(&gw, "after the markup").await;
+
+    let texts = alice
+        .wait_for(
+            "all three lines",
+            &format!("(() => {{ const t = {TEXTS}; return t.length >= 3 && t; }})()"),
+        )
+        .await;
+    assert_eq!(texts, json!([from_page, from_api, "after the markup"]));
+    let from: Value = alice
+        .eval("[...document.querySelectorAll('#messages li.msg .from')].map(e => e.textContent)")
+        .await;
+    assert_eq!(from, json!(["bob", "@server", "@server"]));
+    for page in [&alice, &bob] {
+        assert_eq!(
+            page.eval("document.querySelectorAll('#messages img, #messages script').length")
+                .await,
+            json!(0),
+            "markup became elements"
+        );
+        assert_eq!(
+            page.eval("document.querySelectorAll('img').length").await,
+            json!(0)
+        );
+        assert_eq!(page.eval("typeof window.__pwned").await, json!("undefined"));
+    }
+}
+
+#[tokio::test]
+async fn page_reconnects_through_a_cut_proxy_and_catches_up_in_order() {
+    let certs = Certs::new();
+    let port = free_port();
+    let proxy_listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+    let proxy_port = proxy_listener.local_addr().unwrap().port();
+    // The page is loaded through the proxy, so its origin is the proxy's.
+    let gw = start_gateway(&certs, port, &[proxy_port]).await;
+    let proxy = Proxy::start(proxy_listener, gw.addr);
+    let browser = Browser::launch(&certs.spki_sha256()).await;
+    let page = open_chat(&browser, &gw, proxy_port, "alice").await;
+
+    // A first message gives the page a position in the room to recover from.
+    publish(&gw, "before the cut").await;
+    page.wait_for("the first message", &format!("{TEXTS}.length === 1"))
+        .await;
+
+    proxy.cut();
+    page.wait_for(
+        "reconnecting",
+        "document.querySelector('#state').textContent === 'reconnecting'",
+    )
+    .await;
+    for text in ["missed 1", "missed 2", "missed 3"] {
+        publish(&gw, text).await;
+    }
+    proxy.restore();
+
+    let texts = page
+        .wait_for(
+            "the missed messages",
+            &format!("(() => {{ const t = {TEXTS}; return t.length >= 4 && t; }})()"),
+        )
+        .await;
+    assert_eq!(
+        texts,
+        json!(["before the cut", "missed 1", "missed 2", "missed 3"])
+    );
+    page.wait_for(
+        "open again",
+        "document.querySelector('#state').textContent === 'open'",
+    )
+    .await;
+    let offsets = page
+        .eval(&format!(
+            "{EVENTS}.filter(e => e.event === 'message').map(e => e.payload.offset)"
+        ))
+        .await;
+    assert_eq!(offsets, json!([1, 2, 3, 4]), "in order, no duplicates");
+    let states = event_payloads(&page, "state").await;
+    assert_eq!(
+        states,
+        json!(["connecting", "open", "reconnecting", "open"]),
+        "one outage, one recovery"
+    );
+    let backoffs = event_payloads(&page, "backoff").await;
+    assert!(
+        backoffs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["code"] == 1006),
+        "a backoff after the drop: {backoffs}"
+    );
+    assert!(
+        event_payloads(&page, "gap").await == json!([]),
+        "the history covered the outage"
+    );
+    // Still chatting: a live message after the catch-up arrives too.
+    publish(&gw, "live again").await;
+    page.wait_for("the live message", &format!("{TEXTS}.length === 5"))
+        .await;
+    drop(proxy);
+}
+
+#[tokio::test]
+async fn gateway_restart_is_reported_as_a_gap() {
+    let certs = Certs::new();
+    let port = free_port();
+    let mut gw = start_gateway(&certs, port, &[port]).await;
+    let browser = Browser::launch(&certs.spki_sha256()).await;
+    let page = open_chat(&browser, &gw, port, "alice").await;
+    publish(&gw, "before the restart").await;
+    page.wait_for("the first message", &format!("{TEXTS}.length === 1"))
+        .await;
+    let notice_hidden = "document.querySelector('#notice').hidden";
+    assert_eq!(page.eval(notice_hidden).await, json!(true));
+
+    // Graceful stop: sessions get 1001 (reconnect), and the in-memory history is gone.
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(WAIT).await, Some(0), "{}", gw.logs());
+    drop(gw);
+    let gw = start_gateway(&certs, port, &[port]).await;
+
+    let gap = page
+        .wait_for(
+            "a gap event",
+            &format!("{EVENTS}.find(e => e.event === 'gap')?.payload"),
+        )
+        .await;
+    assert_eq!(gap, json!({"room": "lobby"}));
+    let notice = page
+        .wait_for(
+            "the gap notice",
+            "!document.querySelector('#notice').hidden && document.querySelector('#notice').textContent",
+        )
+        .await;
+    assert!(
+        notice.as_str().unwrap().contains("missed"),
+        "notice: {notice}"
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('#messages li.divider').length")
+            .await,
+        json!(1)
+    );
+    let rejoin = page
+        .eval(&format!(
+            "{EVENTS}.filter(e => e.event === 'joined').at(-1).payload"
+        ))
+        .await;
+    assert_eq!(rejoin["recovered"], false, "{rejoin}");
+    let backoffs = event_payloads(&page, "backoff").await;
+    assert_eq!(backoffs[0]["code"], 1001, "{backoffs}");
+
+    // The new epoch's first message (offset 1 again) is not mistaken for a duplicate.
+    publish(&gw, "after the restart").await;
+    let texts = page
+        .wait_for(
+            "the new epoch's message",
+            &format!("(() => {{ const t = {TEXTS}; return t.length >= 2 && t; }})()"),
+        )
+        .await;
+    assert_eq!(texts, json!(["before the restart", "after the restart"]));
+}
+
+#[tokio::test]
+async fn kicked_page_stays_disconnected() {
+    let certs = Certs::new();
+    let port = free_port();
+    let gw = start_gateway(&certs, port, &[port]).await;
+    let browser = Browser::launch(&certs.spki_sha256()).await;
+    let page = open_chat(&browser, &gw, port, "mallory").await;
+    assert_eq!(handshakes_of(&gw, "mallory", 0), 1);
+
+    let skip = gw.log_len();
+    let (status, body) = gw
+        .api("POST", "/api/disconnect", Some(json!({"user": "mallory"})))
+        .await;
+    assert_eq!((status, body), (200, json!({"closed": 1})));
+
+    page.wait_for(
+        "closed",
+        "document.querySelector('#state').textContent === 'closed'",
+    )
+    .await;
+    let error = page
+        .wait_for(
+            "the close error",
+            &format!("{EVENTS}.find(e => e.event === 'error')?.payload"),
+        )
+        .await;
+    assert_eq!(error["type"], "close");
+    assert_eq!(error["code"], 4003);
+    let notice = page
+        .eval("document.querySelector('#notice').textContent")
+        .await;
+    assert!(
+        notice
+            .as_str()
+            .unwrap()
+            .contains("disconnected by an administrator"),
+        "notice: {notice}"
+    );
+
+    // The one wait where absence is the point: with a 200 ms backoff base, a reconnect would
+    // have happened several times over by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(handshakes_of(&gw, "mallory", skip), 0, "{}", gw.logs());
+    assert_eq!(
+        page.eval("document.querySelector('#state').textContent")
+            .await,
+        json!("closed")
+    );
+    assert_eq!(event_payloads(&page, "backoff").await, json!([]));
+}
+
+#[tokio::test]
+async fn static_files_carry_security_headers_and_content_types() {
+    let certs = Certs::new();
+    let port = free_port();
+    let gw = start_gateway(&certs, port, &[port]).await;
+    for (path, content_type, body_part) in [
+        ("/", "text/html", "<title>wsgate chat</title>"),
+        ("/wsgate.js", "javascript", "export class WsGate"),
+        ("/app.js", "javascript", "import { WsGate }"),
+        ("/style.css", "text/css", "{"),
+    ] {
+        let (status, headers, body) = https_get(gw.addr, &certs.ca(), path).await;
+        assert_eq!(status, 200, "{path}");
+        let ct = &headers["content-type"];
+        assert!(ct.contains(content_type), "{path}: content-type {ct}");
+        let csp = &headers["content-security-policy"];
+        for directive in [
+            "default-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(
+                csp.contains(directive),
+                "{path}: CSP {csp} lacks {directive}"
+            );
+        }
+        assert!(!csp.contains("unsafe-inline"), "{path}: CSP {csp}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert!(body.contains(body_part), "{path}: {body}");
+    }
+}
+
+#[test]
+fn node_unit_tests_of_the_client_pass() {
+    let out = Command::new("node")
+        .args(["--test", "--test-reporter=tap", "web/test/"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node ({e}): install it: apt-get install -y nodejs"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "node --test failed:\n{report}");
+    let count = |key: &str| -> u64 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("# {key} "))?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no '# {key}' line in:\n{report}"))
+    };
+    assert!(count("pass") > 0, "no test ran:\n{report}");
+    assert_eq!(count("fail"), 0, "{report}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// A dev CA and server certificate in a directory that outlives any one gateway, so a
+/// restarted gateway presents the key the browser was told to trust.
+struct Certs(tempfile::TempDir);
+
+impl Certs {
+    fn new() -> Certs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        wsgate::tls::generate_dev_certs(dir.path(), &wsgate::tls::default_dev_hosts())
+            .expect("certs");
+        Certs(dir)
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.0.path().join("ca.crt")
+    }
+
+    /// Base64 of SHA-256 over the server key's SubjectPublicKeyInfo: what Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes.
+    fn spki_sha256(&self) -> String {
+        use rcgen::PublicKeyData as _;
+        let pem = std::fs::read_to_string(self.0.path().join("server.key")).expect("key");
+        let key = rcgen::KeyPair::from_pem(&pem).expect("server key");
+        let hash =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &key.subject_public_key_info());
+        base64::engine::general_purpose::STANDARD.encode(hash.as_ref())
+    }
+}
+
+/// A loopback port nobody listens on right now (the page's origin must be known before the
+/// gateway starts, so the test picks the port rather than letting the gateway bind port 0).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().unwrap().port()
+}
+
+/// The gateway on `port`, serving `web/`, allowing pages from `https://localhost:P` for each
+/// of `origin_ports`.
+async fn start_gateway(certs: &Certs, port: u16, origin_ports: &[u16]) -> Gateway {
+    let origins: Vec<String> = origin_ports
+        .iter()
+        .map(|p| format!("https://localhost:{p}"))
+        .collect();
+    Gateway::start_with(|s| {
+        s.set("server", "listen", json!(format!("127.0.0.1:{port}")))
+            .set("server", "static_dir", json!(crate_path("web")))
+            .set("origin", "allowed", json!(origins))
+            .set("tls", "cert", json!(certs.0.path().join("server.crt")))
+            .set("tls", "key", json!(certs.0.path().join("server.key")));
+    })
+    .await
+}
+
+/// Opens the chat page at `https://localhost:{port}` as `user`, in room lobby, and waits
+/// until it is connected and in the room.
+async fn open_chat(browser: &Browser, gw: &Gateway, port: u16, user: &str) -> Page {
+    let token = gw.token(user);
+    let url = format!("https://localhost:{port}/#token={token}&room=lobby&backoff={BACKOFF_MS}");
+    let page = browser.open(&url).await;
+    page.wait_for(
+        "open and in lobby",
+        &format!(
+            "document.querySelector('#state')?.textContent === 'open'
+             && {EVENTS}.some(e => e.event === 'joined' && e.payload.room === 'lobby')"
+        ),
+    )
+    .await;
+    // The token left the address bar once read.
+    let href = page.eval("location.href").await;
+    assert!(!href.as_str().unwrap().contains("token="), "{href}");
+    page
+}
+
+/// Types `text` into the composer and clicks Send.
+async fn say(page: &Page, text: &str) {
+    page.type_into("#text", text).await;
+    page.click("#send").await;
+}
+
+/// JS: the text of the last chat line from `user`, or null.
+fn last_line_from(user: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#messages li.msg')]
+           .filter(l => l.querySelector('.from').textContent === {user:?})
+           .map(l => l.querySelector('.text').textContent).at(-1) ?? null"
+    )
+}
+
+/// Publishes `{text}` to lobby through the admin API.
+async fn publish(gw: &Gateway, text: &str) {
+    let (status, body) = gw
+        .api(
+            "POST",
+            "/api/publish",
+            Some(json!({"room": "lobby", "data": {"text": text}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn event_payloads(page: &Page, event: &str) -> Value {
+    page.eval(&format!(
+        "{EVENTS}.filter(e => e.event === {event:?}).map(e => e.payload)"
+    ))
+    .await
+}
+
+/// Accepted handshakes of `user` in the gateway's log after its first `skip` lines.
+fn handshakes_of(gw: &Gateway, user: &str, skip: usize) -> usize {
+    gw.logs()
+        .lines()
+        .skip(skip)
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            let f = &v["fields"];
+            f["message"] == "handshake" && f["result"] == "ok" && f["user"] == user
+        })
+        .count()
+}
+
+/// One HTTPS GET trusting the test CA: (status, lowercased headers, body).
+async fn https_get(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    path: &str,
+) -> (u16, HashMap<String, String>, String) {
+    let mut tls = support::tls_connect(addr, ca).await;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    // A close_notify-less end still leaves a complete response; only the bytes matter here.
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut raw))
+        .await
+        .expect("response in time");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+/// A TCP proxy in front of the gateway whose connections the test can cut: while cut, open
+/// connections are dropped and new ones are accepted and closed at once, as when a network
+/// path fails; `restore` lets connections through again on the same port.
+struct Proxy {
+    up: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    fn start(listener: TcpListener, upstream: SocketAddr) -> Proxy {
+        let (up, up_rx) = watch::channel(true);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*up_rx.borrow() {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let mut up_rx = up_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = up_rx.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Proxy { up, accept }
+    }
+
+    fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
