@@ -97,6 +97,8 @@ struct Stream {
     epoch: Arc<str>,
     last_offset: u64,
     history: VecDeque<Arc<Publication>>,
+    /// When the last message was published: the history is kept `ttl` after it.
+    last_publish: Instant,
     subscribers: usize,
 }
 
@@ -147,6 +149,7 @@ impl MemoryBroker {
                     epoch: new_epoch(),
                     last_offset: 0,
                     history: VecDeque::new(),
+                    last_publish: Instant::now(),
                     subscribers: 0,
                 }))
             })
@@ -166,6 +169,7 @@ impl Broker for MemoryBroker {
         let mut s = lock(&stream);
         s.last_offset += 1;
         let offset = s.last_offset;
+        s.last_publish = Instant::now();
         let mut frame = ServerMsg::Message {
             room: req.room.as_str(),
             from: req.from,
@@ -229,15 +233,15 @@ impl Broker for MemoryBroker {
             recovery.recovered = false;
             return recovery;
         }
-        let now = Instant::now();
-        let fresh = |p: &&Arc<Publication>| now.duration_since(p.accepted) <= ttl;
-        recovery.publications = s
-            .history
-            .iter()
-            .filter(|p| p.offset > since.offset)
-            .filter(fresh)
-            .cloned()
-            .collect();
+        // The history as a whole lives `ttl` past the room's last message.
+        if s.last_publish.elapsed() <= ttl {
+            recovery.publications = s
+                .history
+                .iter()
+                .filter(|p| p.offset > since.offset)
+                .cloned()
+                .collect();
+        }
         let first_needed = since.offset + 1;
         let have_from = recovery
             .publications
@@ -253,12 +257,9 @@ impl Broker for MemoryBroker {
         let mut streams = lock(&self.streams);
         streams.retain(|_, stream| {
             let mut s = lock(stream);
-            while s
-                .history
-                .front()
-                .is_some_and(|p| now.duration_since(p.accepted) > ttl)
-            {
-                s.history.pop_front();
+            if now.duration_since(s.last_publish) > ttl {
+                s.history.clear();
+                s.history.shrink_to_fit();
             }
             s.subscribers > 0 || !s.history.is_empty()
         });

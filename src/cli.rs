@@ -301,6 +301,7 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
         ttl: cfg.rooms.history_ttl,
     }));
     let hub = Hub::new(broker.clone(), metrics.clone(), cfg.limits.send_queue);
+    hub.set_presence_limit(cfg.rooms.presence_limit);
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         live: ArcSwap::from_pointee(Live::from_config(&cfg)?),
@@ -482,6 +483,10 @@ fn reload(running: &Running) {
         applied.push("server (limits and timeouts for new connections)");
     }
     server.shared.hub.set_send_queue(next.limits.send_queue);
+    server
+        .shared
+        .hub
+        .set_presence_limit(next.rooms.presence_limit);
     metrics
         .max_connections
         .set(next.server.max_connections as i64);

@@ -190,6 +190,10 @@ pub struct RoomsConfig {
     pub history_size: usize,
     #[serde(with = "humantime_serde")]
     pub history_ttl: Duration,
+    /// Rooms with more distinct users than this send no presence events and list only this
+    /// many users in `joined.members` (with `members_total`): presence in a 10,000-viewer room
+    /// would cost every member a frame per join, n² frames in all.
+    pub presence_limit: usize,
 }
 
 impl Default for RoomsConfig {
@@ -197,6 +201,7 @@ impl Default for RoomsConfig {
         RoomsConfig {
             history_size: 100,
             history_ttl: Duration::from_secs(600),
+            presence_limit: crate::hub::DEFAULT_PRESENCE_LIMIT,
         }
     }
 }

@@ -136,8 +136,14 @@ pub struct Hub {
     next_session: AtomicU64,
     /// Most publications buffered for one recovering member before it counts as slow.
     recovery_buffer: std::sync::atomic::AtomicUsize,
+    /// Rooms with more distinct users than this announce no presence and list only this many
+    /// members in `joined` (see `rooms.presence_limit`).
+    presence_limit: std::sync::atomic::AtomicUsize,
     metrics: Arc<Metrics>,
 }
+
+/// Default of `rooms.presence_limit`.
+pub const DEFAULT_PRESENCE_LIMIT: usize = 1000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -151,6 +157,7 @@ impl Hub {
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             recovery_buffer: std::sync::atomic::AtomicUsize::new(send_queue),
+            presence_limit: std::sync::atomic::AtomicUsize::new(DEFAULT_PRESENCE_LIMIT),
             metrics,
         });
         let weak: Weak<Hub> = Arc::downgrade(&hub);
@@ -160,6 +167,10 @@ impl Hub {
 
     pub fn set_send_queue(&self, n: usize) {
         self.recovery_buffer.store(n, Ordering::Relaxed);
+    }
+
+    pub fn set_presence_limit(&self, n: usize) {
+        self.presence_limit.store(n, Ordering::Relaxed);
     }
 
     pub fn broker(&self) -> &Arc<dyn Broker> {
@@ -266,7 +277,8 @@ impl Hub {
             );
             let count = r.users.entry(handle.user.clone()).or_insert(0);
             *count += 1;
-            if *count == 1 {
+            let first_of_user = *count == 1;
+            if first_of_user && r.users.len() <= self.presence_limit.load(Ordering::Relaxed) {
                 let frame = Utf8Bytes::from(
                     ServerMsg::Presence {
                         room: room_name.as_str(),
@@ -287,7 +299,9 @@ impl Hub {
         // 3. Queue joined + replay + buffered live publications, then go live.
         let mut r = lock(&room);
         // Members as of now: presence from here on reaches this session after `joined`.
-        let members: Vec<Arc<str>> = r.users.keys().cloned().collect();
+        let limit = self.presence_limit.load(Ordering::Relaxed);
+        let members: Vec<Arc<str>> = r.users.keys().take(limit).cloned().collect();
+        let members_total = (r.users.len() > members.len()).then_some(r.users.len());
         let Some(member) = r.members.get_mut(&handle.id) else {
             return Ok(()); // the session left meanwhile
         };
@@ -298,6 +312,7 @@ impl Hub {
             offset: recovery.offset,
             recovered: recovery.recovered,
             members: &members,
+            members_total,
             id,
         }
         .to_text();
@@ -344,7 +359,9 @@ impl Hub {
                     true
                 }
             };
-            if last_of_user && announce {
+            // Counted before the user left, as at join: the same rooms stay silent.
+            let small = r.users.len() < self.presence_limit.load(Ordering::Relaxed);
+            if last_of_user && announce && small {
                 let frame = Utf8Bytes::from(
                     ServerMsg::Presence {
                         room: room_name.as_str(),

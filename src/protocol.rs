@@ -180,6 +180,9 @@ pub enum ServerMsg<'a> {
         offset: u64,
         recovered: bool,
         members: &'a [Arc<str>],
+        /// Present when `members` was cut at `rooms.presence_limit`: the room's distinct users.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        members_total: Option<usize>,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
     },

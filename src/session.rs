@@ -407,6 +407,8 @@ where
                         code: ErrorCode::TokenInvalid,
                         message: &e.to_string(),
                     });
+                    // Not a valid message: the abuse count is neither raised nor reset.
+                    return None;
                 }
                 Ok(next) if next.user != self.identity.user => {
                     return self.refuse(

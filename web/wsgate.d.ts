@@ -23,7 +23,11 @@ export interface Joined {
   type: "joined";
   room: string;
   epoch: string;
-  /** The room's last offset (0 when empty): where a replay ends. Not a position to track. */
+  /**
+   * The room's last offset (0 when empty). After a join with `since` it is where the
+   * replay will end, not a position; after a join without `since` everything after it
+   * arrives live (the client starts tracking the room from it).
+   */
   offset: number;
   /** False when a join with `since` could not replay everything missed. */
   recovered: boolean;

@@ -9,9 +9,10 @@
  *   stops for good on the close codes that mean "retrying cannot help";
  * - asks `getToken()` for a fresh token before every connection attempt and
  *   refreshes the live session's token before it expires;
- * - re-joins its rooms after a reconnect with `since`, drops replayed
- *   messages it already delivered, and reports a `gap` when the gateway's
- *   history could not cover the outage;
+ * - tracks a position in each room (see `RoomState`), re-joins its rooms
+ *   after a reconnect with `since` from it, drops replayed messages it
+ *   already delivered, and reports a `gap` when the gateway's history could
+ *   not cover the outage;
  * - turns `join` / `leave` / `publish` into promises settled by the
  *   gateway's reply to the request's `id`.
  *
@@ -105,9 +106,21 @@ const EVENTS = new Set([
 /**
  * Where the client stands in one room it wants to be in.
  *
+ * The position (epoch, offset) is what the next join sends as `since`. It
+ * normally comes from the `message` offsets delivered. It also comes from
+ * the `joined` reply to a join sent WITHOUT `since`, when the room has no
+ * position yet or the reply names another epoch: no replay follows such a
+ * join, so everything after `joined.offset` arrives live, and a re-join
+ * after an outage can then recover what was published meanwhile (or report
+ * a `gap`) even in a room where nothing had been received. The `joined`
+ * reply to a join WITH `since` never sets it: its offset is where the
+ * replay will end, and taking it would drop the replayed messages as
+ * duplicates.
+ *
  * @typedef {object} RoomState
- * @property {string | null} epoch Epoch of the last delivered message, or null.
- * @property {number} offset Offset of the last delivered message.
+ * @property {string | null} epoch Epoch of the position, or null when there is none yet.
+ * @property {number} offset Offset of the position: the last message delivered,
+ *   or `joined.offset` of a join sent without `since`.
  * @property {boolean} joined Whether the gateway confirmed the join on the current connection.
  */
 
@@ -422,7 +435,7 @@ export class WsGate {
       this.#attempt = 0;
     }, this.#stableMs);
 
-    // Re-join every room first (with `since` where a message was seen), then
+    // Re-join every room first (with `since` where there is a position), then
     // send what was queued while disconnected, in call order.
     const queuedJoins = new Set(
       this.#queue.filter((req) => req.type === "join").map((req) => req.body.room),
@@ -635,7 +648,20 @@ export class WsGate {
     }
     if (msg.type === "joined") {
       const room = this.#rooms.get(/** @type {string} */ (req.body.room));
-      if (room) room.joined = true;
+      if (room) {
+        room.joined = true;
+        // See RoomState: only a join without `since` may set the position.
+        if (
+          !req.since &&
+          typeof msg.epoch === "string" &&
+          Number.isInteger(msg.offset) &&
+          msg.offset >= 0 &&
+          room.epoch !== msg.epoch // no position yet (null), or the room started afresh
+        ) {
+          room.epoch = msg.epoch;
+          room.offset = msg.offset;
+        }
+      }
       this.#emit("joined", msg);
       if (req.since && msg.recovered === false) this.#emit("gap", { room: req.body.room });
     } else if (msg.type === "refreshed") {

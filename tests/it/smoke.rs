@@ -29,3 +29,30 @@ async fn two_clients_chat_through_a_room() {
     assert_eq!(m["offset"], 1);
     assert_eq!(m["epoch"], joined["epoch"]);
 }
+
+#[tokio::test]
+async fn big_rooms_stop_announcing_presence_at_the_limit() {
+    let gw = Gateway::start_with(|s| {
+        s.set("rooms", "presence_limit", json!(2));
+    })
+    .await;
+    let mut a = gw.connect("a").await;
+    let mut b = gw.connect("b").await;
+    let mut c = gw.connect("c").await;
+    a.join("big").await;
+    b.join("big").await;
+    assert_eq!(a.recv_type("presence").await["user"], "b");
+    let joined = c.join("big").await;
+    assert_eq!(
+        joined["members"].as_array().map(Vec::len),
+        Some(2),
+        "{joined}"
+    );
+    assert_eq!(joined["members_total"], 3, "{joined}");
+    // c's join was not announced: the next thing a sees is c's message, not a presence event.
+    c.request(json!({"type":"publish","room":"big","data":{"n":1}}), 1)
+        .await;
+    let next = a.recv().await;
+    assert_eq!(next["type"], "message", "{next}");
+    assert_eq!(next["from"], "c");
+}

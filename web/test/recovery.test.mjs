@@ -38,10 +38,109 @@ test("after a reconnect rooms are re-joined with since = the last message seen",
   const joins = socket.sentOf("join");
   assert.deepEqual(joins, [
     { type: "join", room: "lobby", since: { epoch: "e1", offset: 59 }, id: joins[0].id },
-    // No message seen in "quiet": a plain join, not one from joined.offset.
-    { type: "join", room: "quiet", id: joins[1].id },
+    // No message seen in "quiet": since = the position its plain join's joined reply gave.
+    { type: "join", room: "quiet", since: { epoch: "e1", offset: 12 }, id: joins[1].id },
   ]);
   assert.ok(joins[1].id > joins[0].id);
+});
+
+test("a room with no message seen recovers from its plain join's joined offset", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby", 7);
+  const socket = await reconnect(h);
+  const [rejoin] = socket.sentOf("join");
+  assert.deepEqual(rejoin, { type: "join", room: "lobby", since: { epoch: "e1", offset: 7 }, id: rejoin.id });
+  socket.receive({ type: "joined", room: "lobby", epoch: "e1", offset: 9, recovered: true, members: [], id: rejoin.id });
+  socket.receive(message("lobby", "e1", 8));
+  socket.receive(message("lobby", "e1", 9));
+  socket.receive(message("lobby", "e1", 10));
+  assert.deepEqual(h.of("message").map((m) => m.offset), [8, 9, 10]);
+  assert.deepEqual(h.of("gap"), []);
+  // The outage is covered from there on too.
+  const again = await reconnect(h);
+  assert.deepEqual(again.sentOf("join")[0].since, { epoch: "e1", offset: 10 });
+});
+
+test("a room with no message seen reports gap when its outage cannot be replayed", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby", 7);
+  const socket = await reconnect(h);
+  const [rejoin] = socket.sentOf("join");
+  assert.deepEqual(rejoin.since, { epoch: "e1", offset: 7 });
+  socket.receive({ type: "joined", room: "lobby", epoch: "e2", offset: 4, recovered: false, members: [], id: rejoin.id });
+  assert.deepEqual(h.of("gap"), [{ room: "lobby" }]);
+});
+
+test("the joined offset of a join with since does not move the position before the replay", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby", 10);
+  const socket = await reconnect(h);
+  const [rejoin] = socket.sentOf("join");
+  assert.deepEqual(rejoin.since, { epoch: "e1", offset: 10 });
+  socket.receive({ type: "joined", room: "lobby", epoch: "e1", offset: 12, recovered: true, members: [], id: rejoin.id });
+  socket.receive(message("lobby", "e1", 11));
+  socket.receive(message("lobby", "e1", 12));
+  socket.receive(message("lobby", "e1", 13));
+  assert.deepEqual(h.of("message").map((m) => m.offset), [11, 12, 13]);
+});
+
+test("the joined reply to a join with since never sets the position, even in a new epoch", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby", 10);
+  const socket = await reconnect(h);
+  const [rejoin] = socket.sentOf("join");
+  assert.deepEqual(rejoin.since, { epoch: "e1", offset: 10 });
+  socket.receive({ type: "joined", room: "lobby", epoch: "e2", offset: 2, recovered: false, members: [], id: rejoin.id });
+  assert.deepEqual(h.of("gap"), [{ room: "lobby" }]);
+  // Messages of the new epoch up to joined.offset that still reach the client are not dropped.
+  socket.receive(message("lobby", "e2", 1));
+  socket.receive(message("lobby", "e2", 2));
+  socket.receive(message("lobby", "e2", 3));
+  assert.deepEqual(h.of("message").map((m) => [m.epoch, m.offset]), [["e2", 1], ["e2", 2], ["e2", 3]]);
+});
+
+test("a reconnect before the replay ends resumes from the last replayed message, not joined.offset", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby", 10);
+  let socket = await reconnect(h);
+  let [rejoin] = socket.sentOf("join");
+  assert.deepEqual(rejoin.since, { epoch: "e1", offset: 10 });
+  socket.receive({ type: "joined", room: "lobby", epoch: "e1", offset: 12, recovered: true, members: [], id: rejoin.id });
+  socket.receive(message("lobby", "e1", 11));
+  socket = await reconnect(h);
+  [rejoin] = socket.sentOf("join");
+  assert.deepEqual(rejoin.since, { epoch: "e1", offset: 11 });
+});
+
+test("a plain join's joined reply in a new epoch resets the position to it", async () => {
+  const h = await connected();
+  const join = h.gate.join("lobby");
+  const { id } = h.socket().sent.at(-1);
+  assert.equal(h.socket().sent.at(-1).since, undefined);
+  // A straggler from the room's previous epoch lands before the reply.
+  h.socket().receive(message("lobby", "e1", 40));
+  h.socket().receive({ type: "joined", room: "lobby", epoch: "e2", offset: 3, recovered: true, members: [], id });
+  await join;
+  let socket = await reconnect(h);
+  let [rejoin] = socket.sentOf("join");
+  assert.deepEqual(rejoin.since, { epoch: "e2", offset: 3 });
+  socket.receive({ type: "joined", room: "lobby", epoch: "e2", offset: 4, recovered: true, members: [], id: rejoin.id });
+  socket.receive(message("lobby", "e2", 4));
+  assert.deepEqual(h.of("message").map((m) => [m.epoch, m.offset]), [["e1", 40], ["e2", 4]]);
+  socket = await reconnect(h);
+  assert.deepEqual(socket.sentOf("join")[0].since, { epoch: "e2", offset: 4 });
+});
+
+test("a plain join's joined reply in the same epoch keeps the position messages gave", async () => {
+  // Guards the fix's limit: joined.offset only fills in a missing position (or a new epoch).
+  const h = await connected();
+  const join = h.gate.join("lobby");
+  const { id } = h.socket().sent.at(-1);
+  h.socket().receive(message("lobby", "e1", 40));
+  h.socket().receive({ type: "joined", room: "lobby", epoch: "e1", offset: 45, recovered: true, members: [], id });
+  await join;
+  const socket = await reconnect(h);
+  assert.deepEqual(socket.sentOf("join")[0].since, { epoch: "e1", offset: 40 });
 });
 
 test("replayed messages already delivered are dropped; new ones come through in order", async () => {
