@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, info_span};
 
 use crate::auth::{unix_now, Identity};
 use crate::broker::Publication;
@@ -107,11 +107,12 @@ where
         settled: Vec::new(),
         _permit: accepted.permit,
     });
+    // The span is attached to the session's log lines rather than entered on every poll:
+    // entering it per wake-up costs more than the lines it would annotate.
     async move {
         let code = session.serve().await;
-        debug!(code = code.unwrap_or(0), "session ended");
+        debug!(parent: &span, code = code.unwrap_or(0), "session ended");
     }
-    .instrument(span)
 }
 
 struct Session<S> {
@@ -158,17 +159,20 @@ where
         tokio::pin!(expiry);
         drop(live);
         let ctl = self.handle.ctl.clone();
+        // One cancellation future for the whole loop (building one per iteration costs a lock).
+        let cancelled = ctl.token().clone().cancelled_owned();
+        tokio::pin!(cancelled);
 
         let code = loop {
             tokio::select! {
                 biased;
-                _ = ctl.token().cancelled() => break Some(ctl.code()),
+                _ = &mut cancelled => break Some(ctl.code()),
                 item = self.rx.recv() => {
                     let Some(item) = item else { break Some(close::INTERNAL) };
                     let write = write_batch(&mut self.ws, item, &mut self.rx, &mut self.settled, &self.shared);
                     let r = tokio::select! {
                         r = write => r,
-                        _ = ctl.token().cancelled() => Err(WriteError::Cancelled),
+                        _ = &mut cancelled => Err(WriteError::Cancelled),
                     };
                     match r {
                         Ok(()) => {}
@@ -202,7 +206,7 @@ where
                     let send = self.ws.send(Message::Ping(Default::default()));
                     let r = tokio::select! {
                         r = send => r.map_err(|_| WriteError::Socket),
-                        _ = ctl.token().cancelled() => Err(WriteError::Cancelled),
+                        _ = &mut cancelled => Err(WriteError::Cancelled),
                     };
                     match r {
                         Ok(()) => {}
