@@ -90,6 +90,26 @@ pub struct BenchArgs {
     /// Write the JSON report here instead of stdout
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// PID of a gateway on this machine: report its CPU time per delivery and its memory
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+}
+
+/// CPU seconds (user + system) and resident KiB of a local process, from /proc.
+fn proc_sample(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    // USER_HZ is 100 on Linux.
+    Some((ticks / 100.0, rss))
 }
 
 type Ws = WebSocketStream<TlsStream<TcpStream>>;
@@ -606,10 +626,14 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     if args.hold || connected <= args.publishers {
         let held = Instant::now();
+        let before = args.server_pid.and_then(proc_sample);
         tokio::time::sleep(args.duration.into()).await;
+        let after = args.server_pid.and_then(proc_sample);
         let report = json!({
             "mode": "hold",
             "connections": connected,
+            "server_rss_kib": after.map(|a| a.1),
+            "server_cpu_seconds_while_held": before.zip(after).map(|(b, a)| a.0 - b.0),
             "connect_failures": failures,
             "connect_seconds": connect_secs,
             "held_seconds": held.elapsed().as_secs_f64(),
@@ -661,6 +685,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     tokio::time::sleep(warmup).await;
     sh.measure_from.store(seqs.load(Relaxed), Relaxed);
     sh.measuring.store(true, Relaxed);
+    let cpu_start = args.server_pid.and_then(proc_sample);
     let measure_start = Instant::now();
     let mut prev = sh.deliveries.load(Relaxed);
     while measure_start.elapsed() < duration {
@@ -690,6 +715,8 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     sh.measuring.store(false, Relaxed);
     let measured_secs = measure_start.elapsed().as_secs_f64();
     let measured = sh.measured.load(Relaxed);
+    let cpu_end = args.server_pid.and_then(proc_sample);
+    let server_cpu = cpu_start.zip(cpu_end).map(|(b, a)| a.0 - b.0);
     sh.stop.store(true, Relaxed);
     for p in pubs {
         let _ = p.await;
@@ -733,6 +760,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "duplicates": sh.dups.load(Relaxed),
         "out_of_order": sh.out_of_order.load(Relaxed),
         "closed_early": sh.closed_early.load(Relaxed),
+        "server_cpu_seconds": server_cpu,
+        "server_cpu_us_per_delivery": server_cpu.filter(|_| measured > 0).map(|c| c * 1e6 / measured as f64),
+        "server_rss_kib": cpu_end.map(|s| s.1),
         "latency_ms": {
             "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999),
             "max": hist.max() as f64 / 1000.0, "samples": hist.len(),

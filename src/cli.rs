@@ -80,7 +80,7 @@ enum Command {
         hosts: Vec<String>,
     },
     /// Load-test a running wsgate (see BENCHMARKS.md)
-    Bench(crate::bench::BenchArgs),
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// Entry point of the binary; returns the process exit code.
@@ -102,7 +102,7 @@ pub fn main() -> i32 {
             ttl.into(),
         ),
         Command::GenCert { out, hosts } => gen_cert(&out, hosts),
-        Command::Bench(args) => crate::bench::main(args),
+        Command::Bench(args) => crate::bench::main(*args),
     }
 }
 

@@ -245,20 +245,16 @@ impl Hub {
         id: Option<&RequestId>,
     ) -> Result<(), JoinError> {
         // 1. Become a recovering member (live publications are buffered from now on).
-        let (room, first_local) = loop {
+        let room = loop {
             let existing = self.read_rooms().get(room_name).cloned();
-            let (room, created) = match existing {
-                Some(r) => (r, false),
+            let room = match existing {
+                Some(r) => r,
                 None => {
                     let mut rooms = self.write_rooms();
-                    match rooms.get(room_name) {
-                        Some(r) => (r.clone(), false),
-                        None => {
-                            let r = Arc::new(Mutex::new(Room::default()));
-                            rooms.insert(room_name.clone(), r.clone());
-                            (r, true)
-                        }
-                    }
+                    rooms
+                        .entry(room_name.clone())
+                        .or_insert_with(|| Arc::new(Mutex::new(Room::default())))
+                        .clone()
                 }
             };
             let mut r = lock(&room);
@@ -290,10 +286,9 @@ impl Hub {
                 self.broadcast_local(&r, &frame, handle.id);
             }
             drop(r);
-            break (room, created);
+            break room;
         };
         // 2. Ask the broker (no hub lock held). Every local member holds one subscription.
-        let _ = first_local;
         self.broker.subscribe(room_name);
         let recovery = self.broker.recover(room_name, since);
         // 3. Queue joined + replay + buffered live publications, then go live.
