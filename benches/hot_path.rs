@@ -1,7 +1,9 @@
 //! Criterion microbenchmarks for the per-message path:
 //! - `parse_sanitize_serialize`: a typical chat publish from raw text to the outbound frame;
 //! - `fanout/N`: one publication into a room of N in-process sessions (queueing included);
-//! - `join_leave/N`: one more member joining and leaving a room of N.
+//! - `join_leave/N`: one more member joining and leaving a room of N (presence off, so this is
+//!   the membership cost alone; with presence each join is also one frame to each member);
+//! - `verify/hs256`, `verify/es256`: the token check of every handshake.
 //!
 //! Run with `cargo bench --bench hot_path`.
 
@@ -101,7 +103,8 @@ fn fanout(c: &mut Criterion) {
 fn join_leave(c: &mut Criterion) {
     let mut g = c.benchmark_group("join_leave");
     for n in [100usize, 1_000, 10_000] {
-        let mut r = room_of(n);
+        let r = room_of(n);
+        r.hub.set_presence_limit(0);
         let (tx, mut rx) = mpsc::channel(4096);
         let handle = SessionHandle {
             id: r.hub.next_session_id(),
@@ -114,14 +117,60 @@ fn join_leave(c: &mut Criterion) {
                 r.hub.join(&handle, &r.room, None, None).expect("join");
                 r.hub.leave(&handle, &r.room, true);
                 while rx.try_recv().is_ok() {}
-                for q in &mut r.receivers {
-                    while q.try_recv().is_ok() {}
-                }
             })
         });
     }
     g.finish();
 }
 
-criterion_group!(benches, parse_sanitize_serialize, fanout, join_leave);
+fn verify(c: &mut Criterion) {
+    use wsgate::auth::Verifier;
+    use wsgate::config::{AuthConfig, PublicKeyConfig};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate().expect("P-256 key");
+    let pub_path = dir.path().join("k1.pub.pem");
+    std::fs::write(&pub_path, key.public_key_pem()).expect("write key");
+    let cfg = AuthConfig {
+        algorithms: vec!["HS256".into(), "ES256".into()],
+        hs_secret: "bench-secret-0123456789".into(),
+        public_keys: vec![PublicKeyConfig {
+            kid: "k1".into(),
+            alg: "ES256".into(),
+            file: pub_path,
+        }],
+        ..AuthConfig::default()
+    };
+    let verifier = Verifier::from_config(&cfg).expect("verifier");
+    let claims = serde_json::json!({"sub": "alice", "exp": wsgate::auth::unix_now() + 3600, "rooms": ["lobby", "team:42:*"]});
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"bench-secret-0123456789"),
+    )
+    .expect("hs token");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let es = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("ec key"),
+    )
+    .expect("es token");
+    let mut g = c.benchmark_group("verify");
+    g.bench_function("hs256", |b| {
+        b.iter(|| verifier.verify(black_box(&hs)).expect("valid"))
+    });
+    g.bench_function("es256", |b| {
+        b.iter(|| verifier.verify(black_box(&es)).expect("valid"))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    parse_sanitize_serialize,
+    fanout,
+    join_leave,
+    verify
+);
 criterion_main!(benches);

@@ -136,6 +136,8 @@ struct Shared {
     done: Notify,
     hists: Vec<Mutex<Histogram<u64>>>,
     stop: AtomicBool,
+    /// Tells subscribers to fold their latencies in and exit.
+    done_reading: tokio_util::sync::CancellationToken,
 }
 
 fn now_ns(epoch: Instant) -> u64 {
@@ -300,9 +302,17 @@ async fn join(ws: &mut Ws, room: &str) -> Result<(), String> {
 /// A subscriber: checks offsets, records latency.
 async fn subscribe(mut ws: Ws, sh: Arc<Shared>, shard: usize, subs: u64) {
     let mut last_offset: Option<u64> = None;
-    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-    let mut pending = 0u64;
-    while let Some(msg) = ws.next().await {
+    // Latency samples are batched into one of the shared histograms: a histogram per
+    // subscriber would cost ~140 KB each (gigabytes at 19k connections).
+    let mut samples: Vec<u64> = Vec::new();
+    loop {
+        let msg = tokio::select! {
+            m = ws.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = sh.done_reading.cancelled() => break,
+        };
         let t = match msg {
             Ok(Message::Text(t)) => t,
             Ok(Message::Close(_)) | Err(_) => {
@@ -341,16 +351,9 @@ async fn subscribe(mut ws: Ws, sh: Arc<Shared>, shard: usize, subs: u64) {
             sh.measured.fetch_add(1, Relaxed);
         }
         if seq >= sh.measure_from.load(Relaxed) {
-            if let Some(h) = local.as_mut() {
-                let _ = h.record((now.saturating_sub(ts) / 1000).max(1));
-                pending += 1;
-                if pending >= 256 {
-                    if let Ok(mut g) = sh.hists[shard].lock() {
-                        let _ = g.add(&*h);
-                    }
-                    h.reset();
-                    pending = 0;
-                }
+            samples.push((now.saturating_sub(ts) / 1000).max(1));
+            if samples.len() >= SAMPLE_BATCH {
+                record(&sh, shard, &mut samples);
             }
         }
         let c = sh.counts[(seq as usize) % RING].fetch_add(1, Relaxed) + 1;
@@ -358,8 +361,17 @@ async fn subscribe(mut ws: Ws, sh: Arc<Shared>, shard: usize, subs: u64) {
             sh.done.notify_one();
         }
     }
-    if let (Some(h), Ok(mut g)) = (local, sh.hists[shard].lock()) {
-        let _ = g.add(&h);
+    record(&sh, shard, &mut samples);
+}
+
+/// Latency samples a subscriber gathers before taking a histogram lock.
+const SAMPLE_BATCH: usize = 64;
+
+fn record(sh: &Shared, shard: usize, samples: &mut Vec<u64>) {
+    if let Ok(mut h) = sh.hists[shard].lock() {
+        for v in samples.drain(..) {
+            h.saturating_record(v);
+        }
     }
 }
 
@@ -572,6 +584,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             })
             .collect(),
         stop: AtomicBool::new(false),
+        done_reading: tokio_util::sync::CancellationToken::new(),
     });
 
     // Connect subscribers (and publishers) with bounded concurrency.
@@ -730,8 +743,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     while sh.deliveries.load(Relaxed) < accepted * subs && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for t in &tasks {
-        t.abort();
+    sh.done_reading.cancel();
+    for t in tasks {
+        let _ = t.await;
     }
     let delivered = sh.deliveries.load(Relaxed);
     let expected = accepted * subs;
