@@ -142,7 +142,7 @@ impl Gateway {
     ) -> Gateway {
         let config_path = dir.path().join("wsgate.toml");
         std::fs::write(&config_path, settings.toml()).expect("write config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+        let mut cmd = Command::new(wsgate_bin());
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -387,6 +387,24 @@ impl Gateway {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .expect("VmRSS")
+    }
+}
+
+/// The gateway binary: Cargo's build of it in tests; for an example (which Cargo builds
+/// without the binary, so `cargo build` first), the one in the same `target/<profile>/`.
+fn wsgate_bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_wsgate") {
+        Some(bin) => PathBuf::from(bin),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            let bin = exe.ancestors().nth(2).expect("target dir").join("wsgate");
+            assert!(
+                bin.exists(),
+                "{} not found: run `cargo build` first",
+                bin.display()
+            );
+            bin
+        }
     }
 }
 
