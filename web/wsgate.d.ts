@@ -181,6 +181,9 @@ export type WsGateOptions = WsGateCommonOptions &
       }
   );
 
+/** Every event name `on()` accepts. */
+export declare const EVENT_NAMES: readonly (keyof WsGateEvents)[];
+
 export declare class WsGate {
   /**
    * @param url The gateway endpoint, e.g. `wss://chat.example.com/ws`. Never put the token in it.

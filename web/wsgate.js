@@ -57,7 +57,7 @@ const MAX_BACKOFF_EXPONENT = 30;
 const REPLY_TYPES = new Set(["joined", "left", "ack", "refreshed", "error"]);
 
 /** Every event `on()` accepts. */
-const EVENTS = new Set([
+export const EVENT_NAMES = Object.freeze([
   "state",
   "welcome",
   "joined",
@@ -68,6 +68,7 @@ const EVENTS = new Set([
   "backoff",
   "error",
 ]);
+const EVENTS = new Set(EVENT_NAMES);
 
 /**
  * @typedef {"connecting" | "open" | "reconnecting" | "closed"} WsGateState

@@ -3,20 +3,10 @@
  * a manual clock, a scriptable WebSocket, and a harness wiring them up.
  */
 
-import { WsGate } from "../wsgate.js";
+import { WsGate, EVENT_NAMES } from "../wsgate.js";
 
 /** Every event a `WsGate` emits; the harness records them all. */
-export const EVENT_NAMES = [
-  "state",
-  "welcome",
-  "joined",
-  "message",
-  "presence",
-  "gap",
-  "refreshed",
-  "backoff",
-  "error",
-];
+export { EVENT_NAMES };
 
 /** Lets pending promise chains and async functions run to their next wait. */
 export const flush = () => new Promise((resolve) => setImmediate(resolve));
