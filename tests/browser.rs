@@ -40,12 +40,8 @@ const EVENTS: &str = "(window.__wsgateEvents ?? [])";
 
 #[tokio::test]
 async fn two_pages_chat_through_the_gateway_both_ways() {
-    let certs = Certs::new();
-    let port = free_port();
-    let gw = start_gateway(&certs, port, &[port]).await;
-    let browser = Browser::launch(&certs.spki_sha256()).await;
-    let alice = open_chat(&browser, &gw, port, "alice").await;
-    let bob = open_chat(&browser, &gw, port, "bob").await;
+    let (_certs, port, gw, browser) = gateway_and_browser().await;
+    let (alice, bob) = alice_and_bob(&browser, &gw, port).await;
     for page in [&alice, &bob] {
         page.wait_for(
             "both members listed",
@@ -86,12 +82,8 @@ async fn two_pages_chat_through_the_gateway_both_ways() {
 
 #[tokio::test]
 async fn message_markup_is_shown_as_text_never_run() {
-    let certs = Certs::new();
-    let port = free_port();
-    let gw = start_gateway(&certs, port, &[port]).await;
-    let browser = Browser::launch(&certs.spki_sha256()).await;
-    let alice = open_chat(&browser, &gw, port, "alice").await;
-    let bob = open_chat(&browser, &gw, port, "bob").await;
+    let (_certs, port, gw, browser) = gateway_and_browser().await;
+    let (alice, bob) = alice_and_bob(&browser, &gw, port).await;
     alice
         .wait_for(
             "bob listed",
@@ -110,12 +102,7 @@ async fn message_markup_is_shown_as_text_never_run() {
     publish(&gw, from_api).await;
     publish(&gw, "after the markup").await;
 
-    let texts = alice
-        .wait_for(
-            "all three lines",
-            &format!("(() => {{ const t = {TEXTS}; return t.length >= 3 && t; }})()"),
-        )
-        .await;
+    let texts = wait_for_texts(&alice, "all three lines", 3).await;
     assert_eq!(texts, json!([from_page, from_api, "after the markup"]));
     let from: Value = alice
         .eval("[...document.querySelectorAll('#messages li.msg .from')].map(e => e.textContent)")
@@ -154,31 +141,18 @@ async fn page_reconnects_through_a_cut_proxy_and_catches_up_in_order() {
         .await;
 
     proxy.cut();
-    page.wait_for(
-        "reconnecting",
-        "document.querySelector('#state').textContent === 'reconnecting'",
-    )
-    .await;
+    wait_for_state(&page, "reconnecting").await;
     for text in ["missed 1", "missed 2", "missed 3"] {
         publish(&gw, text).await;
     }
     proxy.restore();
 
-    let texts = page
-        .wait_for(
-            "the missed messages",
-            &format!("(() => {{ const t = {TEXTS}; return t.length >= 4 && t; }})()"),
-        )
-        .await;
+    let texts = wait_for_texts(&page, "the missed messages", 4).await;
     assert_eq!(
         texts,
         json!(["before the cut", "missed 1", "missed 2", "missed 3"])
     );
-    page.wait_for(
-        "open again",
-        "document.querySelector('#state').textContent === 'open'",
-    )
-    .await;
+    wait_for_state(&page, "open").await;
     let offsets = page
         .eval(&format!(
             "{EVENTS}.filter(e => e.event === 'message').map(e => e.payload.offset)"
@@ -213,10 +187,7 @@ async fn page_reconnects_through_a_cut_proxy_and_catches_up_in_order() {
 
 #[tokio::test]
 async fn gateway_restart_is_reported_as_a_gap() {
-    let certs = Certs::new();
-    let port = free_port();
-    let mut gw = start_gateway(&certs, port, &[port]).await;
-    let browser = Browser::launch(&certs.spki_sha256()).await;
+    let (certs, port, mut gw, browser) = gateway_and_browser().await;
     let page = open_chat(&browser, &gw, port, "alice").await;
     publish(&gw, "before the restart").await;
     page.wait_for("the first message", &format!("{TEXTS}.length === 1"))
@@ -230,12 +201,7 @@ async fn gateway_restart_is_reported_as_a_gap() {
     drop(gw);
     let gw = start_gateway(&certs, port, &[port]).await;
 
-    let gap = page
-        .wait_for(
-            "a gap event",
-            &format!("{EVENTS}.find(e => e.event === 'gap')?.payload"),
-        )
-        .await;
+    let gap = first_event_payload(&page, "a gap event", "gap").await;
     assert_eq!(gap, json!({"room": "lobby"}));
     let notice = page
         .wait_for(
@@ -263,21 +229,13 @@ async fn gateway_restart_is_reported_as_a_gap() {
 
     // The new epoch's first message (offset 1 again) is not mistaken for a duplicate.
     publish(&gw, "after the restart").await;
-    let texts = page
-        .wait_for(
-            "the new epoch's message",
-            &format!("(() => {{ const t = {TEXTS}; return t.length >= 2 && t; }})()"),
-        )
-        .await;
+    let texts = wait_for_texts(&page, "the new epoch's message", 2).await;
     assert_eq!(texts, json!(["before the restart", "after the restart"]));
 }
 
 #[tokio::test]
 async fn kicked_page_stays_disconnected() {
-    let certs = Certs::new();
-    let port = free_port();
-    let gw = start_gateway(&certs, port, &[port]).await;
-    let browser = Browser::launch(&certs.spki_sha256()).await;
+    let (_certs, port, gw, browser) = gateway_and_browser().await;
     let page = open_chat(&browser, &gw, port, "mallory").await;
     assert_eq!(handshakes_of(&gw, "mallory", 0), 1);
 
@@ -287,17 +245,8 @@ async fn kicked_page_stays_disconnected() {
         .await;
     assert_eq!((status, body), (200, json!({"closed": 1})));
 
-    page.wait_for(
-        "closed",
-        "document.querySelector('#state').textContent === 'closed'",
-    )
-    .await;
-    let error = page
-        .wait_for(
-            "the close error",
-            &format!("{EVENTS}.find(e => e.event === 'error')?.payload"),
-        )
-        .await;
+    wait_for_state(&page, "closed").await;
+    let error = first_event_payload(&page, "the close error", "error").await;
     assert_eq!(error["type"], "close");
     assert_eq!(error["code"], 4003);
     let notice = page
@@ -430,6 +379,50 @@ async fn start_gateway(certs: &Certs, port: u16, origin_ports: &[u16]) -> Gatewa
     .await
 }
 
+/// Fresh certificates, a free port, the gateway on it (pages from that port allowed) and a
+/// browser trusting the certificates.
+async fn gateway_and_browser() -> (Certs, u16, Gateway, Browser) {
+    let certs = Certs::new();
+    let port = free_port();
+    let gw = start_gateway(&certs, port, &[port]).await;
+    let browser = Browser::launch(&certs.spki_sha256()).await;
+    (certs, port, gw, browser)
+}
+
+/// The chat pages of alice and bob, both in lobby.
+async fn alice_and_bob(browser: &Browser, gw: &Gateway, port: u16) -> (Page, Page) {
+    let alice = open_chat(browser, gw, port, "alice").await;
+    let bob = open_chat(browser, gw, port, "bob").await;
+    (alice, bob)
+}
+
+/// Waits until the page's `#state` shows `state`.
+async fn wait_for_state(page: &Page, state: &str) {
+    page.wait_for(
+        state,
+        &format!("document.querySelector('#state').textContent === {state:?}"),
+    )
+    .await;
+}
+
+/// Waits until the page shows at least `n` chat lines; returns their texts.
+async fn wait_for_texts(page: &Page, what: &str, n: usize) -> Value {
+    page.wait_for(
+        what,
+        &format!("(() => {{ const t = {TEXTS}; return t.length >= {n} && t; }})()"),
+    )
+    .await
+}
+
+/// Waits for the page's client to report `event`; returns the first one's payload.
+async fn first_event_payload(page: &Page, what: &str, event: &str) -> Value {
+    page.wait_for(
+        what,
+        &format!("{EVENTS}.find(e => e.event === {event:?})?.payload"),
+    )
+    .await
+}
+
 /// Opens the chat page at `https://localhost:{port}` as `user`, in room lobby, and waits
 /// until it is connected and in the room.
 async fn open_chat(browser: &Browser, gw: &Gateway, port: u16, user: &str) -> Page {
@@ -514,11 +507,7 @@ async fn https_get(
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
     let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
+    let status = support::status_code(lines.next().expect("status line"));
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))

@@ -97,40 +97,22 @@ async fn the_api_needs_the_key_and_answers_errors_plainly() {
     assert_eq!((status, body), (405, json!({"error":"method not allowed"})));
 
     // Bad JSON: 400 with the reason.
-    let key = Some(gw.api_key.as_str());
-    let (status, body) = gw
-        .admin_request("POST", "/api/publish", key, Some("{\"room\":"))
-        .await;
-    assert_eq!(status, 400, "{body}");
-    let reason = serde_json::from_str::<Value>(&body).unwrap()["error"].clone();
-    assert!(
-        reason
-            .as_str()
-            .unwrap()
-            .starts_with("bad JSON: EOF while parsing"),
-        "{body}"
+    assert_error_starts_with(
+        &admin_json(&gw, "POST", "/api/publish", "{\"room\":").await,
+        400,
+        "bad JSON: EOF while parsing",
     );
-    let (status, body) = gw
-        .api("POST", "/api/publish", Some(json!({"data":{"text":"hi"}})))
-        .await;
-    assert_eq!(status, 400);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("bad JSON: missing field `room`"),
-        "{body}"
+    assert_error_starts_with(
+        &gw.api("POST", "/api/publish", Some(json!({"data":{"text":"hi"}})))
+            .await,
+        400,
+        "bad JSON: missing field `room`",
     );
-    let (status, body) = gw
-        .api("POST", "/api/disconnect", Some(json!({"user":5})))
-        .await;
-    assert_eq!(status, 400);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("bad JSON: invalid type: integer `5`"),
-        "{body}"
+    assert_error_starts_with(
+        &gw.api("POST", "/api/disconnect", Some(json!({"user":5})))
+            .await,
+        400,
+        "bad JSON: invalid type: integer `5`",
     );
     // Nested deeper than a client may: 400 too.
     let deep = format!(
@@ -138,31 +120,41 @@ async fn the_api_needs_the_key_and_answers_errors_plainly() {
         "[".repeat(32),
         "]".repeat(32)
     );
-    let (status, body) = gw
-        .admin_request("POST", "/api/publish", key, Some(&deep))
-        .await;
     assert_eq!(
-        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        admin_json(&gw, "POST", "/api/publish", &deep).await,
         (400, json!({"error":"JSON nested deeper than 32 levels"}))
     );
 
     // Oversized bodies: 413 (publish allows max_message_bytes plus 1 KiB of envelope).
     let big = json!({"room":"r","data":"x".repeat(20_000)}).to_string();
-    let (status, body) = gw
-        .admin_request("POST", "/api/publish", key, Some(&big))
-        .await;
     assert_eq!(
-        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        admin_json(&gw, "POST", "/api/publish", &big).await,
         (413, json!({"error":"body larger than 17408 bytes"}))
     );
     let big = json!({"user":"x".repeat(5_000)}).to_string();
-    let (status, body) = gw
-        .admin_request("POST", "/api/disconnect", key, Some(&big))
-        .await;
     assert_eq!(
-        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        admin_json(&gw, "POST", "/api/disconnect", &big).await,
         (413, json!({"error":"body larger than 4096 bytes"}))
     );
+}
+
+/// Expects `status` and a JSON body whose `error` starts with `prefix`.
+fn assert_error_starts_with((status, body): &(u16, Value), want: u16, prefix: &str) {
+    assert_eq!(*status, want, "{body}");
+    let error = body["error"].as_str().unwrap_or_else(|| panic!("{body}"));
+    assert!(error.starts_with(prefix), "{body}");
+}
+
+/// An admin request with the key whose JSON answer is compared as a whole.
+async fn admin_json(gw: &Gateway, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let key = Some(gw.api_key.as_str());
+    let (status, body) = gw.admin_request(method, path, key, Some(body)).await;
+    (status, serde_json::from_str::<Value>(&body).unwrap())
+}
+
+/// The status a handshake with `token` from `origin` is refused with, if it is.
+async fn refusal_status(gw: &Gateway, origin: &str, token: &str) -> Option<u16> {
+    connect_origin(gw, origin, token).await.err().map(|e| e.0)
 }
 
 /// A GET with a raw Authorization header value.
@@ -184,11 +176,7 @@ async fn raw_get(gw: &Gateway, path: &str, authorization: &str) -> (u16, String)
 #[tokio::test]
 async fn admin_publish_reaches_clients_as_the_server_and_is_sanitized() {
     let gw = Gateway::start().await;
-    let mut alice = gw.connect("alice").await;
-    let mut bob = gw.connect("bob").await;
-    let epoch = alice.join("lobby").await["epoch"].clone();
-    bob.join("lobby").await;
-    alice.recv().await; // presence: bob joined
+    let (mut alice, mut bob, epoch) = gw.pair_in_room("alice", "lobby").await;
 
     let (status, body) = gw
         .api(
@@ -231,16 +219,11 @@ async fn admin_publish_reaches_clients_as_the_server_and_is_sanitized() {
             json!({"error":"room names use only A-Z a-z 0-9 _ . : -"})
         )
     );
-    let (status, body) = gw
-        .api("POST", "/api/publish", Some(json!({"room":"lobby"})))
-        .await;
-    assert_eq!(status, 400);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("bad JSON: missing field `data`"),
-        "{body}"
+    assert_error_starts_with(
+        &gw.api("POST", "/api/publish", Some(json!({"room":"lobby"})))
+            .await,
+        400,
+        "bad JSON: missing field `data`",
     );
     let (status, body) = gw
         .api(
@@ -622,17 +605,11 @@ async fn metrics_are_valid_prometheus_text_and_count_what_happened() {
     // Refused handshakes: a foreign Origin and a bad token.
     let token = gw.token("carol");
     assert_eq!(
-        connect_origin(&gw, "https://evil.example", &token)
-            .await
-            .err()
-            .map(|e| e.0),
+        refusal_status(&gw, "https://evil.example", &token).await,
         Some(403)
     );
     let bad = gw.token_claims(json!({"sub":"carol","exp":unix_now() - 100}));
-    assert_eq!(
-        connect_origin(&gw, ORIGIN, &bad).await.err().map(|e| e.0),
-        Some(401)
-    );
+    assert_eq!(refusal_status(&gw, ORIGIN, &bad).await, Some(401));
 
     let text = metrics_text(&gw).await;
     let samples = parse_exposition(&text);
@@ -720,18 +697,14 @@ async fn recv_type_of(c: &mut crate::support::Client, types: &[&str]) -> Value {
 #[tokio::test]
 async fn sighup_applies_origin_and_limits_and_a_broken_file_changes_nothing() {
     let gw = Gateway::start_with(|s| {
-        s.set("limits", "messages_per_second", json!(1))
-            .set("limits", "burst", json!(6));
+        s.rate_limit(1, 6);
     })
     .await;
     let alice_token = gw.token("alice");
     let mut alice = connect_origin(&gw, ORIGIN, &alice_token).await.unwrap();
     alice.join("r").await;
     assert_eq!(
-        connect_origin(&gw, NEW_ORIGIN, &alice_token)
-            .await
-            .err()
-            .map(|e| e.0),
+        refusal_status(&gw, NEW_ORIGIN, &alice_token).await,
         Some(403)
     );
     // Two of six: a reload that did not apply would leave four.
@@ -746,16 +719,11 @@ async fn sighup_applies_origin_and_limits_and_a_broken_file_changes_nothing() {
     next.set("origin", "allowed", json!([NEW_ORIGIN]))
         .set("limits", "burst", json!(2));
     std::fs::write(&gw.config_path, next.toml()).unwrap();
-    let skip = gw.log_len();
-    gw.signal("HUP");
-    let line = gw.wait_log_after("configuration reloaded", skip).await;
+    let line = gw.sighup("configuration reloaded").await;
     assert!(line.contains("origin") && line.contains("limits"), "{line}");
 
     assert_eq!(
-        connect_origin(&gw, ORIGIN, &alice_token)
-            .await
-            .err()
-            .map(|e| e.0),
+        refusal_status(&gw, ORIGIN, &alice_token).await,
         Some(403),
         "the removed origin is refused"
     );
@@ -773,21 +741,13 @@ async fn sighup_applies_origin_and_limits_and_a_broken_file_changes_nothing() {
 
     // A file that does not parse: refused, and the running settings stay.
     std::fs::write(&gw.config_path, "[limits\nburst = \n").unwrap();
-    let skip = gw.log_len();
-    gw.signal("HUP");
-    let line = gw.wait_log_after("reload refused", skip).await;
+    let line = gw.sighup("reload refused").await;
     assert!(line.contains("ERROR"), "{line}");
     assert_eq!(
         metric(&gw, "wsgate_config_reloads_total{result=\"error\"}").await,
         1.0
     );
-    assert_eq!(
-        connect_origin(&gw, ORIGIN, &alice_token)
-            .await
-            .err()
-            .map(|e| e.0),
-        Some(403)
-    );
+    assert_eq!(refusal_status(&gw, ORIGIN, &alice_token).await, Some(403));
     let mut carol = connect_origin(&gw, NEW_ORIGIN, &gw.token("carol"))
         .await
         .expect("still serving with the reloaded settings");

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,7 +16,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wsgate::auth::unix_now;
 
-use crate::support::{base_settings, sign_hs, Gateway, Settings, ORIGIN, WAIT};
+use crate::support::{
+    base_settings, sign_hs, status_code, try_tls_connect, Gateway, Settings, ORIGIN, WAIT,
+};
 
 /// `server.handshake_timeout` in the base settings.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,6 +32,13 @@ fn with_subprotocol(mut req: http::Request<()>, token: &str) -> http::Request<()
         "sec-websocket-protocol",
         format!("wsgate.v1, bearer.{token}").parse().unwrap(),
     );
+    req
+}
+
+/// Adds the header transport: `Authorization: Bearer <jwt>`.
+fn with_bearer(mut req: http::Request<()>, token: &str) -> http::Request<()> {
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     req
 }
 
@@ -53,6 +62,46 @@ async fn refused_401(gw: &Gateway, req: http::Request<()>, token: &str, says: &s
         assert!(!body.contains(token), "body echoes the token: {body:?}");
     }
     gw.wait_log(&format!("\"reason\":\"{reason}\"")).await;
+}
+
+/// Expects `req` refused with `status` and a body containing `says` (exactly) and never
+/// `token` (unless empty); returns the body.
+async fn refused_saying(
+    gw: &Gateway,
+    req: http::Request<()>,
+    status: u16,
+    says: &str,
+    token: &str,
+) -> String {
+    let body = gw.refused(req, status).await;
+    assert!(body.contains(says), "body should say {says:?}: {body:?}");
+    if !token.is_empty() {
+        assert!(!body.contains(token), "body echoes the token: {body:?}");
+    }
+    body
+}
+
+/// [`refused_401`] for `token` sent in the subprotocol.
+async fn refused_401_in_subprotocol(gw: &Gateway, token: &str, says: &str, reason: &str) {
+    refused_401(
+        gw,
+        with_subprotocol(gw.request(), token),
+        token,
+        says,
+        reason,
+    )
+    .await;
+}
+
+/// [`refused_401_in_subprotocol`], then the log holds nothing of `token`.
+async fn token_refused_and_not_logged(gw: &Gateway, token: &str, says: &str, reason: &str) {
+    refused_401_in_subprotocol(gw, token, says, reason).await;
+    assert_logs_clean(gw, &[token]);
+}
+
+/// Expects `token` (sent in the subprotocol) to be accepted as `user`.
+async fn assert_accepted(gw: &Gateway, token: &str, user: &str) {
+    assert_eq!(gw.connect_token(token).await.welcome["user"], user);
 }
 
 /// The log never holds a token (nor its signature part) nor a `token=` query.
@@ -85,6 +134,12 @@ struct Reply {
 }
 
 impl Reply {
+    /// Asserts the status and that the body mentions `says`.
+    fn assert(&self, status: u16, says: &str) {
+        assert_eq!(self.status, status, "{}\n{}", self.head, self.body);
+        assert!(self.body.contains(says), "{}", self.body);
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.head.lines().find_map(|l| {
             l.split_once(':')
@@ -108,11 +163,7 @@ async fn https_exchange(gw: &Gateway, request: &str) -> Reply {
     loop {
         if let Some(end) = find(&buf, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let status: u16 = head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .expect("status line");
+            let status = status_code(&head);
             let len = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
@@ -228,25 +279,6 @@ fn file_fingerprint(pem: &Path) -> Vec<u8> {
     sha256(cert.as_ref())
 }
 
-/// A TLS connection trusting the CAs in `ca`, or the reason it failed.
-async fn try_tls(addr: std::net::SocketAddr, ca: &Path) -> std::io::Result<TlsStream<TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
-        roots.add(cert.expect("ca cert")).expect("add root");
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await?;
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-}
-
 fn wsgate(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
     cmd.args(args).env_remove("RUST_LOG");
@@ -273,6 +305,31 @@ fn config_file(dir: &Path, f: impl FnOnce(&mut Settings)) -> std::path::PathBuf 
     let path = dir.join("wsgate.toml");
     std::fs::write(&path, s.toml()).expect("write config");
     path
+}
+
+/// `wsgate check-config` on a config file made by [`config_file`] with `f`.
+fn check_config(f: impl FnOnce(&mut Settings)) -> Output {
+    check_config_with_env(f, &[])
+}
+
+fn check_config_with_env(f: impl FnOnce(&mut Settings), env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = config_file(dir.path(), f);
+    wsgate(&["check-config", "--config", path.to_str().unwrap()], env)
+}
+
+/// Expects `check-config` to refuse `[section] key = value` and name `what` on stderr.
+fn check_config_rejects(section: &str, key: &str, value: Value, what: &str) {
+    let out = check_config(|s| {
+        s.set(section, key, value);
+    });
+    assert_check_config_names(&out, what);
+}
+
+/// Expects `check-config` to fail and name `what` on stderr.
+fn assert_check_config_names(out: &Output, what: &str) {
+    assert_ne!(out.status.code(), Some(0), "{}", stdout(out));
+    assert!(stderr(out).contains(what), "{}", stderr(out));
 }
 
 /// An ES256 key pair: (PKCS#8 private PEM for signing, SPKI public PEM for the gateway).
@@ -329,10 +386,7 @@ async fn plain_http_gets_400_text_garbage_is_dropped_and_the_gateway_keeps_servi
         "garbage was only dropped after {:?}",
         started.elapsed()
     );
-    assert!(
-        raw.is_empty() || raw[0] == 0x15,
-        "answer to garbage: {raw:?}"
-    );
+    assert!(is_alert_or_eof(&raw), "answer to garbage: {raw:?}");
     gw.wait_log("\"reason\":\"tls_error\"").await;
 
     let mut c = gw.connect("alice").await;
@@ -357,6 +411,11 @@ async fn hello_reply(gw: &Gateway, hello: &[u8]) -> Vec<u8> {
     buf
 }
 
+/// What the gateway may answer a hello it refuses with: a TLS alert record, or nothing.
+fn is_alert_or_eof(reply: &[u8]) -> bool {
+    reply.is_empty() || reply[0] == 0x15
+}
+
 fn is_server_hello(reply: &[u8]) -> bool {
     // handshake record, then handshake type 2 (ServerHello)
     reply.len() >= 6 && reply[0] == 0x16 && reply[5] == 0x02
@@ -368,7 +427,7 @@ async fn tls_1_1_client_hello_never_gets_a_server_hello() {
     // legacy_version TLS 1.1, TLS_RSA_WITH_AES_128_CBC_SHA, no extensions.
     let reply = hello_reply(&gw, &client_hello([0x03, 0x02], [0x00, 0x2f])).await;
     assert!(
-        reply.is_empty() || reply[0] == 0x15,
+        is_alert_or_eof(&reply),
         "expected a TLS alert or EOF, got {reply:02x?}"
     );
     gw.wait_log("\"reason\":\"tls_error\"").await;
@@ -382,7 +441,7 @@ async fn tls_1_1_client_hello_never_gets_a_server_hello() {
     let tls11 = client_hello_with([0x03, 0x02], ecdhe_ecdsa_aes128_gcm, ECDSA_P256_EXTENSIONS);
     let reply = hello_reply(&gw, &tls11).await;
     assert!(
-        reply.is_empty() || reply[0] == 0x15,
+        is_alert_or_eof(&reply),
         "TLS 1.1 with extensions: {reply:02x?}"
     );
 }
@@ -412,21 +471,23 @@ fn assert_dropped_at_timeout(elapsed: Duration) {
     );
 }
 
-#[tokio::test]
-async fn silent_client_is_dropped_at_the_handshake_timeout() {
+/// Sends `first` and expects the connection dropped, unanswered, at the handshake timeout.
+async fn stalled_is_dropped_at_timeout(first: &[u8]) {
     let gw = Gateway::start().await;
-    let elapsed = time_until_dropped(&gw, b"").await;
+    let elapsed = time_until_dropped(&gw, first).await;
     assert_dropped_at_timeout(elapsed);
     gw.wait_log("\"reason\":\"timeout\"").await;
 }
 
 #[tokio::test]
+async fn silent_client_is_dropped_at_the_handshake_timeout() {
+    stalled_is_dropped_at_timeout(b"").await;
+}
+
+#[tokio::test]
 async fn half_a_client_hello_is_dropped_at_the_handshake_timeout() {
-    let gw = Gateway::start().await;
     let hello = client_hello([0x03, 0x03], [0x13, 0x01]);
-    let elapsed = time_until_dropped(&gw, &hello[..hello.len() / 2]).await;
-    assert_dropped_at_timeout(elapsed);
-    gw.wait_log("\"reason\":\"timeout\"").await;
+    stalled_is_dropped_at_timeout(&hello[..hello.len() / 2]).await;
 }
 
 #[tokio::test]
@@ -483,9 +544,8 @@ async fn plain_https_get_on_the_ws_path_is_426() {
         ),
     )
     .await;
-    assert_eq!(r.status, 426, "{}\n{}", r.head, r.body);
+    r.assert(426, "Upgrade: websocket");
     assert_eq!(r.header("upgrade"), Some("websocket"));
-    assert!(r.body.contains("Upgrade: websocket"), "{}", r.body);
     assert!(!r.body.contains(&token));
     assert_logs_clean(&gw, &[&token]);
 }
@@ -495,9 +555,8 @@ async fn wrong_websocket_version_is_426() {
     let gw = Gateway::start().await;
     let token = gw.token("alice");
     let r = https_exchange(&gw, &upgrade_request(&token, Some("8"), Some(GOOD_KEY))).await;
-    assert_eq!(r.status, 426, "{}\n{}", r.head, r.body);
+    r.assert(426, "Sec-WebSocket-Version");
     assert_eq!(r.header("sec-websocket-version"), Some("13"));
-    assert!(r.body.contains("Sec-WebSocket-Version"), "{}", r.body);
     // The same request with version 13 is a valid upgrade.
     let ok = https_exchange(&gw, &upgrade_request(&token, Some("13"), Some(GOOD_KEY))).await;
     assert_eq!(ok.status, 101, "{}\n{}", ok.head, ok.body);
@@ -512,8 +571,7 @@ async fn missing_websocket_key_is_400() {
     let gw = Gateway::start().await;
     let token = gw.token("alice");
     let r = https_exchange(&gw, &upgrade_request(&token, Some("13"), None)).await;
-    assert_eq!(r.status, 400, "{}\n{}", r.head, r.body);
-    assert!(r.body.contains("Sec-WebSocket-Key"), "{}", r.body);
+    r.assert(400, "Sec-WebSocket-Key");
     gw.wait_log("\"reason\":\"bad_upgrade\"").await;
 }
 
@@ -525,7 +583,7 @@ async fn malformed_websocket_key_is_400() {
     for key in ["not base64 at all!", "AAAAAAAAAAA="] {
         let r = https_exchange(&gw, &upgrade_request(&token, Some("13"), Some(key))).await;
         assert_eq!(r.status, 400, "key {key:?}: {}\n{}", r.head, r.body);
-        assert!(r.body.contains("Sec-WebSocket-Key"), "{}", r.body);
+        r.assert(400, "Sec-WebSocket-Key");
     }
 }
 
@@ -535,15 +593,13 @@ async fn malformed_websocket_key_is_400() {
 #[tokio::test]
 async fn missing_token_is_401() {
     let gw = Gateway::start().await;
-    let body = gw.refused(gw.request(), 401).await;
-    assert!(body.contains("no token"), "{body}");
+    refused_saying(&gw, gw.request(), 401, "no token", "").await;
     // Without auth.cookie_name a cookie carries nothing.
     let token = gw.token("alice");
     let mut req = gw.request();
     req.headers_mut()
         .insert("cookie", format!("wsgate_session={token}").parse().unwrap());
-    let body = gw.refused(req, 401).await;
-    assert!(body.contains("no token"), "{body}");
+    refused_saying(&gw, req, 401, "no token", &token).await;
     gw.wait_log("\"reason\":\"token_missing\"").await;
     assert_logs_clean(&gw, &[&token]);
 }
@@ -552,30 +608,14 @@ async fn missing_token_is_401() {
 async fn garbage_token_is_401() {
     let gw = Gateway::start().await;
     let token = "this-is-not-a-jwt";
-    refused_401(
-        &gw,
-        with_subprotocol(gw.request(), token),
-        token,
-        "malformed",
-        "token_malformed",
-    )
-    .await;
-    assert_logs_clean(&gw, &[token]);
+    token_refused_and_not_logged(&gw, token, "malformed", "token_malformed").await;
 }
 
 #[tokio::test]
 async fn bad_signature_is_401() {
     let gw = Gateway::start().await;
     let token = sign_hs("some-other-secret", "HS256", claims("alice", json!({})));
-    refused_401(
-        &gw,
-        with_subprotocol(gw.request(), &token),
-        &token,
-        "signature is invalid",
-        "token_bad_signature",
-    )
-    .await;
-    assert_logs_clean(&gw, &[&token]);
+    token_refused_and_not_logged(&gw, &token, "signature is invalid", "token_bad_signature").await;
 }
 
 #[tokio::test]
@@ -587,10 +627,14 @@ async fn alg_none_is_401() {
     let payload = b64.encode(claims("alice", json!({})).to_string());
     let token = format!("{header}.{payload}.");
     assert!(token.starts_with("eyJhbGciOiJub25l"));
-    let mut req = gw.request();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    refused_401(&gw, req, &payload, "token", "token_malformed").await;
+    refused_401(
+        &gw,
+        with_bearer(gw.request(), &token),
+        &payload,
+        "token",
+        "token_malformed",
+    )
+    .await;
     assert_logs_clean(&gw, &[&payload]);
 }
 
@@ -599,45 +643,27 @@ async fn algorithm_outside_the_allowlist_is_401() {
     let gw = Gateway::start().await;
     // The right secret, but HS384 while only HS256 is allowed.
     let token = sign_hs(&gw.secret, "HS384", claims("alice", json!({})));
-    refused_401(
+    token_refused_and_not_logged(
         &gw,
-        with_subprotocol(gw.request(), &token),
         &token,
         "algorithm is not allowed",
         "token_alg_not_allowed",
     )
     .await;
-    assert_logs_clean(&gw, &[&token]);
 }
 
 #[tokio::test]
 async fn expired_token_is_401() {
     let gw = Gateway::start().await;
     let token = gw.token_claims(json!({ "sub": "alice", "exp": unix_now() - 60 }));
-    refused_401(
-        &gw,
-        with_subprotocol(gw.request(), &token),
-        &token,
-        "expired",
-        "token_expired",
-    )
-    .await;
-    assert_logs_clean(&gw, &[&token]);
+    token_refused_and_not_logged(&gw, &token, "expired", "token_expired").await;
 }
 
 #[tokio::test]
 async fn token_not_yet_valid_is_401() {
     let gw = Gateway::start().await;
     let token = gw.token_claims(claims("alice", json!({ "nbf": unix_now() + 600 })));
-    refused_401(
-        &gw,
-        with_subprotocol(gw.request(), &token),
-        &token,
-        "not valid yet",
-        "token_not_yet_valid",
-    )
-    .await;
-    assert_logs_clean(&gw, &[&token]);
+    token_refused_and_not_logged(&gw, &token, "not valid yet", "token_not_yet_valid").await;
 }
 
 async fn issuer_audience_gateway() -> Gateway {
@@ -658,25 +684,22 @@ async fn wrong_issuer_is_401() {
         "alice",
         json!({ "iss": "https://idp.test", "aud": "wsgate-test" }),
     ));
-    assert_eq!(gw.connect_token(&good).await.welcome["user"], "alice");
+    assert_accepted(&gw, &good, "alice").await;
     let token = gw.token_claims(claims(
         "alice",
         json!({ "iss": "https://evil.test", "aud": "wsgate-test" }),
     ));
-    refused_401(
-        &gw,
-        with_subprotocol(gw.request(), &token),
-        &token,
-        "issuer",
-        "token_bad_issuer",
-    )
-    .await;
+    refused_401_in_subprotocol(&gw, &token, "issuer", "token_bad_issuer").await;
     // No iss at all while one is configured.
     let token = gw.token_claims(claims("alice", json!({ "aud": "wsgate-test" })));
-    let body = gw
-        .refused(with_subprotocol(gw.request(), &token), 401)
-        .await;
-    assert!(body.contains("issuer"), "{body}");
+    refused_saying(
+        &gw,
+        with_subprotocol(gw.request(), &token),
+        401,
+        "issuer",
+        &token,
+    )
+    .await;
     assert_logs_clean(&gw, &[&good, &token]);
 }
 
@@ -688,19 +711,12 @@ async fn wrong_audience_is_401() {
         "alice",
         json!({ "iss": "https://idp.test", "aud": ["other", "wsgate-test"] }),
     ));
-    assert_eq!(gw.connect_token(&good).await.welcome["user"], "alice");
+    assert_accepted(&gw, &good, "alice").await;
     let token = gw.token_claims(claims(
         "alice",
         json!({ "iss": "https://idp.test", "aud": "someone-else" }),
     ));
-    refused_401(
-        &gw,
-        with_subprotocol(gw.request(), &token),
-        &token,
-        "audience",
-        "token_bad_audience",
-    )
-    .await;
+    refused_401_in_subprotocol(&gw, &token, "audience", "token_bad_audience").await;
     assert_logs_clean(&gw, &[&good, &token]);
 }
 
@@ -719,16 +735,9 @@ async fn unknown_kid_is_401() {
     })
     .await;
     let good = sign_es256(&k1_private, "k1", claims("alice", json!({})));
-    assert_eq!(gw.connect_token(&good).await.welcome["user"], "alice");
+    assert_accepted(&gw, &good, "alice").await;
     let token = sign_es256(&k1_private, "nope", claims("alice", json!({})));
-    refused_401(
-        &gw,
-        with_subprotocol(gw.request(), &token),
-        &token,
-        "kid",
-        "token_unknown_kid",
-    )
-    .await;
+    refused_401_in_subprotocol(&gw, &token, "kid", "token_unknown_kid").await;
     assert_logs_clean(&gw, &[&good, &token]);
 }
 
@@ -736,15 +745,7 @@ async fn unknown_kid_is_401() {
 async fn sub_starting_with_at_is_401() {
     let gw = Gateway::start().await;
     let token = gw.token("@server");
-    refused_401(
-        &gw,
-        with_subprotocol(gw.request(), &token),
-        &token,
-        "must not start with '@'",
-        "token_bad_claims",
-    )
-    .await;
-    assert_logs_clean(&gw, &[&token]);
+    token_refused_and_not_logged(&gw, &token, "must not start with '@'", "token_bad_claims").await;
 }
 
 #[tokio::test]
@@ -755,18 +756,11 @@ async fn token_in_more_than_one_place_is_401() {
     let req = with_subprotocol(request_at(&gw, &format!("?token={token}")), &token);
     refused_401(&gw, req, &token, "more than one place", "token_ambiguous").await;
     // Authorization and query, even when both carry the same valid token.
-    let mut req = request_at(&gw, &format!("?token={token}"));
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let body = gw.refused(req, 401).await;
-    assert!(body.contains("more than one place"), "{body}");
-    assert!(!body.contains(&token));
+    let req = with_bearer(request_at(&gw, &format!("?token={token}")), &token);
+    refused_saying(&gw, req, 401, "more than one place", &token).await;
     // Subprotocol and Authorization.
-    let mut req = with_subprotocol(gw.request(), &token);
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let body = gw.refused(req, 401).await;
-    assert!(body.contains("more than one place"), "{body}");
+    let req = with_bearer(with_subprotocol(gw.request(), &token), &token);
+    refused_saying(&gw, req, 401, "more than one place", &token).await;
     assert_logs_clean(&gw, &[&token]);
 }
 
@@ -785,6 +779,22 @@ fn with_origin(mut req: http::Request<()>, origin: Option<&str>) -> http::Reques
     req
 }
 
+/// Expects `token` with Origin `origin` (none if `None`) refused with 403 saying `says`.
+async fn origin_refused(gw: &Gateway, token: &str, origin: Option<&str>, says: &str) -> String {
+    let req = with_origin(with_subprotocol(gw.request(), token), origin);
+    refused_saying(gw, req, 403, says, token).await
+}
+
+/// Expects `token` with Origin `origin` to be accepted and welcomed.
+async fn origin_accepted(gw: &Gateway, token: &str, origin: &str) {
+    let req = with_origin(with_subprotocol(gw.request(), token), Some(origin));
+    let mut c = gw
+        .open(req)
+        .await
+        .unwrap_or_else(|e| panic!("{origin}: {e:?}"));
+    assert_eq!(c.recv().await["type"], "welcome", "{origin}");
+}
+
 #[tokio::test]
 async fn missing_origin_is_403() {
     let gw = Gateway::start_with(|s| {
@@ -792,13 +802,7 @@ async fn missing_origin_is_403() {
     })
     .await;
     let token = gw.token("alice");
-    let body = gw
-        .refused(
-            with_origin(with_subprotocol(gw.request(), &token), None),
-            403,
-        )
-        .await;
-    assert!(body.contains("Origin header missing"), "{body}");
+    origin_refused(&gw, &token, None, "Origin header missing").await;
     gw.wait_log("\"reason\":\"origin_missing\"").await;
     assert_logs_clean(&gw, &[&token]);
 }
@@ -813,13 +817,7 @@ async fn origin_not_listed_is_403() {
         "https://app.example.com:8443", // other port
         "null",
     ] {
-        let body = gw
-            .refused(
-                with_origin(with_subprotocol(gw.request(), &token), Some(origin)),
-                403,
-            )
-            .await;
-        assert!(body.contains("Origin not allowed"), "{origin}: {body}");
+        origin_refused(&gw, &token, Some(origin), "Origin not allowed").await;
     }
     gw.wait_log("\"reason\":\"origin_not_allowed\"").await;
 }
@@ -830,13 +828,7 @@ async fn look_alike_origin_is_403() {
     let token = gw.token("alice");
     // Allowed: https://*.example.org. Neither a look-alike nor the bare domain matches.
     for origin in ["https://evilexample.org", "https://example.org"] {
-        let body = gw
-            .refused(
-                with_origin(with_subprotocol(gw.request(), &token), Some(origin)),
-                403,
-            )
-            .await;
-        assert!(body.contains("Origin not allowed"), "{origin}: {body}");
+        origin_refused(&gw, &token, Some(origin), "Origin not allowed").await;
     }
 }
 
@@ -848,12 +840,7 @@ async fn subdomains_match_the_wildcard_origin() {
         .enumerate()
     {
         let token = gw.token(&format!("user{i}"));
-        let req = with_origin(with_subprotocol(gw.request(), &token), Some(origin));
-        let mut c = gw
-            .open(req)
-            .await
-            .unwrap_or_else(|e| panic!("{origin}: {e:?}"));
-        assert_eq!(c.recv().await["type"], "welcome", "{origin}");
+        origin_accepted(&gw, &token, origin).await;
     }
 }
 
@@ -867,12 +854,7 @@ async fn origin_case_and_default_port_are_normalized() {
         "HTTPS://A.B.EXAMPLE.ORG",
     ] {
         let token = gw.token("alice");
-        let req = with_origin(with_subprotocol(gw.request(), &token), Some(origin));
-        let mut c = gw
-            .open(req)
-            .await
-            .unwrap_or_else(|e| panic!("{origin}: {e:?}"));
-        assert_eq!(c.recv().await["type"], "welcome", "{origin}");
+        origin_accepted(&gw, &token, origin).await;
     }
 }
 
@@ -890,59 +872,61 @@ async fn handshake_rate_per_ip_is_429_with_retry_after() {
     let _a = gw.connect("alice").await;
     let _b = gw.connect("bob").await;
     let token = gw.token("carol");
-    let body = gw
-        .refused(with_subprotocol(gw.request(), &token), 429)
-        .await;
+    let body = refused_saying(
+        &gw,
+        with_subprotocol(gw.request(), &token),
+        429,
+        "too many handshakes",
+        &token,
+    )
+    .await;
     let retry: u64 = body
         .rsplit_once("retry-after=")
         .map(|(_, v)| v.trim().parse().expect("Retry-After is seconds"))
         .unwrap_or_else(|| panic!("no Retry-After: {body}"));
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
-    assert!(body.contains("too many handshakes"), "{body}");
     gw.wait_log("\"reason\":\"rate_limited\"").await;
     // Still limited: the check comes before everything else, even a bad Origin.
-    let body = gw
-        .refused(with_origin(gw.request(), Some("https://evil.test")), 429)
-        .await;
-    assert!(body.contains("retry-after="), "{body}");
+    let req = with_origin(gw.request(), Some("https://evil.test"));
+    refused_saying(&gw, req, 429, "retry-after=", "").await;
 }
 
-#[tokio::test]
-async fn max_connections_per_ip_is_503() {
+/// With `[section] key = 2`, two connections are fine and a third is refused with 503
+/// saying `says` and logged with reason `key`; the open ones are not disturbed.
+async fn third_connection_is_503(section: &str, key: &str, says: &str) {
     let gw = Gateway::start_with(|s| {
-        s.set("limits", "max_connections_per_ip", json!(2));
+        s.set(section, key, json!(2));
     })
     .await;
     let mut a = gw.connect("alice").await;
     let _b = gw.connect("bob").await;
     let token = gw.token("carol");
-    let body = gw
-        .refused(with_subprotocol(gw.request(), &token), 503)
-        .await;
-    assert!(
-        body.contains("too many connections from this address"),
-        "{body}"
-    );
-    gw.wait_log("\"reason\":\"max_connections_per_ip\"").await;
+    refused_saying(
+        &gw,
+        with_subprotocol(gw.request(), &token),
+        503,
+        says,
+        &token,
+    )
+    .await;
+    gw.wait_log(&format!("\"reason\":\"{key}\"")).await;
     // The refusal did not disturb the open ones.
     a.join("lobby").await;
 }
 
 #[tokio::test]
-async fn max_connections_is_503() {
-    let gw = Gateway::start_with(|s| {
-        s.set("server", "max_connections", json!(2));
-    })
+async fn max_connections_per_ip_is_503() {
+    third_connection_is_503(
+        "limits",
+        "max_connections_per_ip",
+        "too many connections from this address",
+    )
     .await;
-    let mut a = gw.connect("alice").await;
-    let _b = gw.connect("bob").await;
-    let token = gw.token("carol");
-    let body = gw
-        .refused(with_subprotocol(gw.request(), &token), 503)
-        .await;
-    assert!(body.contains("connection limit"), "{body}");
-    gw.wait_log("\"reason\":\"max_connections\"").await;
-    a.join("lobby").await;
+}
+
+#[tokio::test]
+async fn max_connections_is_503() {
+    third_connection_is_503("server", "max_connections", "connection limit").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -978,10 +962,10 @@ async fn subprotocol_transport_answers_wsgate_v1_only() {
 async fn authorization_bearer_transport_is_accepted() {
     let gw = Gateway::start().await;
     let token = gw.token("bob");
-    let mut req = gw.request();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let mut c = gw.open(req).await.expect("accepted");
+    let mut c = gw
+        .open(with_bearer(gw.request(), &token))
+        .await
+        .expect("accepted");
     let welcome = c.recv().await;
     assert_eq!(welcome["type"], "welcome");
     assert_eq!(welcome["user"], "bob");
@@ -1033,8 +1017,7 @@ async fn cookie_transport_and_explicit_token_wins() {
         "cookie",
         format!("wsgate_session={cookie_token}").parse().unwrap(),
     );
-    let body = gw.refused(req, 401).await;
-    assert!(body.contains("signature"), "{body}");
+    refused_saying(&gw, req, 401, "signature", &bad).await;
     assert_logs_clean(&gw, &[&cookie_token, &stale, &fresh, &bad]);
 }
 
@@ -1059,22 +1042,15 @@ async fn es256_key_is_chosen_by_kid() {
     })
     .await;
     let by_k2 = sign_es256(&k2_private, "k2", claims("dave", json!({})));
-    assert_eq!(gw.connect_token(&by_k2).await.welcome["user"], "dave");
+    assert_accepted(&gw, &by_k2, "dave").await;
     let by_k1 = sign_es256(&k1_private, "k1", claims("erin", json!({})));
-    assert_eq!(gw.connect_token(&by_k1).await.welcome["user"], "erin");
+    assert_accepted(&gw, &by_k1, "erin").await;
     let mislabelled = sign_es256(&k1_private, "k2", claims("mallory", json!({})));
-    refused_401(
-        &gw,
-        with_subprotocol(gw.request(), &mislabelled),
-        &mislabelled,
-        "signature",
-        "token_bad_signature",
-    )
-    .await;
+    refused_401_in_subprotocol(&gw, &mislabelled, "signature", "token_bad_signature").await;
     // HS256 is not in this gateway's allowlist.
     let hs = gw.token("mallory");
-    let body = gw.refused(with_subprotocol(gw.request(), &hs), 401).await;
-    assert!(body.contains("algorithm is not allowed"), "{body}");
+    let req = with_subprotocol(gw.request(), &hs);
+    refused_saying(&gw, req, 401, "algorithm is not allowed", &hs).await;
     assert_logs_clean(&gw, &[&by_k1, &by_k2, &mislabelled, &hs]);
 }
 
@@ -1104,9 +1080,7 @@ async fn sighup_swaps_the_certificate_and_keeps_open_sockets() {
 
     std::fs::copy(&second.server_cert, &cert_path).expect("copy cert");
     std::fs::copy(&second.server_key, &key_path).expect("copy key");
-    let skip = gw.log_len();
-    gw.signal("HUP");
-    gw.wait_log_after("configuration reloaded", skip).await;
+    gw.sighup("configuration reloaded").await;
     assert_eq!(served_fingerprint(&gw.tls().await), second_fp);
     let mut fresh = gw.connect("bob").await;
     assert_eq!(fresh.welcome["user"], "bob");
@@ -1126,9 +1100,7 @@ async fn sighup_swaps_the_certificate_and_keeps_open_sockets() {
 
     // A broken certificate is refused and the second one keeps serving.
     std::fs::write(&cert_path, "-----BEGIN CERTIFICATE-----\nbroken\n").expect("write");
-    let skip = gw.log_len();
-    gw.signal("HUP");
-    let line = gw.wait_log_after("reload refused", skip).await;
+    let line = gw.sighup("reload refused").await;
     assert!(line.contains("tls.cert"), "{line}");
     assert_eq!(served_fingerprint(&gw.tls().await), second_fp);
     let mut again = gw.connect("carol").await;
@@ -1141,12 +1113,10 @@ async fn sighup_swaps_the_certificate_and_keeps_open_sockets() {
 
 #[test]
 fn check_config_prints_the_effective_config_with_secrets_redacted() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = config_file(dir.path(), |s| {
+    let out = check_config(|s| {
         s.set("auth", "hs_secret", json!("very-secret-hs-value"))
             .set("admin", "api_key", json!("very-secret-admin-key"));
     });
-    let out = wsgate(&["check-config", "--config", path.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let shown = stdout(&out);
     assert!(
@@ -1175,46 +1145,26 @@ fn check_config_fails_on_a_missing_file() {
 
 #[test]
 fn check_config_names_a_bad_duration() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = config_file(dir.path(), |s| {
-        s.set("server", "idle_timeout", json!("5 parsecs"));
-    });
-    let out = wsgate(&["check-config", "--config", path.to_str().unwrap()], &[]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("idle_timeout"), "{}", stderr(&out));
+    check_config_rejects("server", "idle_timeout", json!("5 parsecs"), "idle_timeout");
 }
 
 #[test]
 fn check_config_names_an_unknown_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = config_file(dir.path(), |s| {
-        s.set("limits", "brust", json!(7));
-    });
-    let out = wsgate(&["check-config", "--config", path.to_str().unwrap()], &[]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("brust"), "{}", stderr(&out));
+    check_config_rejects("limits", "brust", json!(7), "brust");
 }
 
 #[test]
 fn check_config_names_a_missing_certificate() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = config_file(dir.path(), |s| {
-        s.set("tls", "cert", json!("/nonexistent/server.crt"));
-    });
-    let out = wsgate(&["check-config", "--config", path.to_str().unwrap()], &[]);
-    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
-    assert!(stderr(&out).contains("tls.cert"), "{}", stderr(&out));
+    check_config_rejects("tls", "cert", json!("/nonexistent/server.crt"), "tls.cert");
 }
 
 #[test]
 fn check_config_applies_environment_overrides() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = config_file(dir.path(), |s| {
+    let burst_40 = |s: &mut Settings| {
         s.set("limits", "burst", json!(40));
-    });
-    let path = path.to_str().unwrap();
-    let out = wsgate(
-        &["check-config", "--config", path],
+    };
+    let out = check_config_with_env(
+        burst_40,
         &[
             ("WSGATE__LIMITS__BURST", "7"),
             (
@@ -1231,12 +1181,8 @@ fn check_config_applies_environment_overrides() {
         "{shown}"
     );
 
-    let out = wsgate(
-        &["check-config", "--config", path],
-        &[("WSGATE__LIMITS__BURST", "lots")],
-    );
-    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
-    assert!(stderr(&out).contains("burst"), "{}", stderr(&out));
+    let out = check_config_with_env(burst_40, &[("WSGATE__LIMITS__BURST", "lots")]);
+    assert_check_config_names(&out, "burst");
 }
 
 #[tokio::test]
@@ -1303,8 +1249,8 @@ async fn gen_cert_output_serves_a_gateway_trusted_by_its_ca() {
     })
     .await;
     // The harness's own CA does not vouch for this certificate; gen-cert's does.
-    assert!(try_tls(gw.addr, &gw.ca).await.is_err());
-    let tls = try_tls(gw.addr, &certs.join("ca.crt"))
+    assert!(try_tls_connect(gw.addr, &gw.ca).await.is_err());
+    let tls = try_tls_connect(gw.addr, &certs.join("ca.crt"))
         .await
         .expect("trusted by the generated CA");
     assert_eq!(

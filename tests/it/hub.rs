@@ -609,8 +609,7 @@ async fn an_empty_room_keeps_its_history_until_the_ttl_then_starts_a_new_epoch()
 #[tokio::test]
 async fn rejoining_during_a_stream_never_duplicates_or_skips() {
     let gw = Gateway::start_with(|s| {
-        s.set("limits", "messages_per_second", json!(1_000_000))
-            .set("limits", "burst", json!(1_000_000))
+        s.unlimited_rate()
             .set("rooms", "history_size", json!(100_000));
     })
     .await;
@@ -681,12 +680,8 @@ async fn rejoining_during_a_stream_never_duplicates_or_skips() {
 #[tokio::test]
 async fn forbidden_characters_are_stripped_from_delivered_data() {
     let gw = Gateway::start().await;
-    let mut alice = gw.connect("alice").await;
-    let mut bob = gw.connect("bob").await;
-    let epoch = alice.join("r").await["epoch"].clone();
-    bob.join("r").await;
-    alice.recv().await; // presence: bob joined
-                        // Escaped controls (JSON cannot carry them raw) and raw bidi characters.
+    let (mut alice, mut bob, epoch) = gw.pair_in_room("alice", "r").await;
+    // Escaped controls (JSON cannot carry them raw) and raw bidi characters.
     let raw = concat!(
         r#"{"type":"publish","room":"r","id":1,"data":{"#,
         r#""te\u0007xt":"a\r\nb\tc\u0000\u001b[31m\u007f\u0080\u0085\u009f!","#,
@@ -712,11 +707,7 @@ async fn forbidden_characters_are_stripped_from_delivered_data() {
 #[tokio::test]
 async fn malformed_requests_are_bad_requests_and_the_connection_stays_open() {
     let gw = Gateway::start().await;
-    let mut alice = gw.connect("alice").await;
-    let mut bob = gw.connect("bob").await;
-    let epoch = alice.join("r").await["epoch"].clone();
-    bob.join("r").await;
-    alice.recv().await; // presence: bob joined
+    let (mut alice, mut bob, epoch) = gw.pair_in_room("alice", "r").await;
 
     let deep = |levels: usize| {
         format!(
@@ -947,16 +938,11 @@ async fn more_than_ten_refusals_in_a_row_close_with_1008() {
 #[tokio::test]
 async fn rate_limited_publishes_are_refused_and_not_delivered() {
     let gw = Gateway::start_with(|s| {
-        s.set("limits", "messages_per_second", json!(1))
-            .set("limits", "burst", json!(3));
+        s.rate_limit(1, 3);
     })
     .await;
-    let mut alice = gw.connect("alice").await;
-    let mut bob = gw.connect("bob").await;
-    let epoch = alice.join("r").await["epoch"].clone();
-    bob.join("r").await;
-    alice.recv().await; // presence: bob joined
-                        // Sent back to back: the burst of 3 passes, the rest is refused.
+    let (mut alice, mut bob, epoch) = gw.pair_in_room("alice", "r").await;
+    // Sent back to back: the burst of 3 passes, the rest is refused.
     for id in 1..=6u64 {
         alice
             .send(json!({"type":"publish","room":"r","data":{"n":id},"id":id}))
@@ -1000,15 +986,10 @@ async fn rate_limited_publishes_are_refused_and_not_delivered() {
 #[tokio::test]
 async fn publishing_past_the_rate_limit_for_five_seconds_closes_with_1008() {
     let gw = Gateway::start_with(|s| {
-        s.set("limits", "messages_per_second", json!(1))
-            .set("limits", "burst", json!(1));
+        s.rate_limit(1, 1);
     })
     .await;
-    let mut flooder = gw.connect("flooder").await;
-    let mut bob = gw.connect("bob").await;
-    let epoch = flooder.join("r").await["epoch"].clone();
-    bob.join("r").await;
-    flooder.recv().await; // presence: bob joined
+    let (mut flooder, mut bob, epoch) = gw.pair_in_room("flooder", "r").await;
 
     let mut acks = Vec::new();
     let mut limited = 0u64;
@@ -1074,9 +1055,7 @@ async fn publishing_past_the_rate_limit_for_five_seconds_closes_with_1008() {
 #[tokio::test]
 async fn a_client_that_does_not_read_is_closed_with_1013_and_others_get_everything() {
     let gw = Gateway::start_with(|s| {
-        s.set("limits", "send_queue", json!(16))
-            .set("limits", "messages_per_second", json!(1_000_000))
-            .set("limits", "burst", json!(1_000_000));
+        s.set("limits", "send_queue", json!(16)).unlimited_rate();
     })
     .await;
     let mut slow = gw.connect("slow").await;
@@ -1147,8 +1126,7 @@ async fn feeding_a_client_that_does_not_read_keeps_memory_bounded() {
     let gw = Gateway::start_with(|s| {
         s.set("limits", "send_queue", json!(2048))
             .set("limits", "max_message_bytes", json!(20_000))
-            .set("limits", "messages_per_second", json!(1_000_000))
-            .set("limits", "burst", json!(1_000_000));
+            .unlimited_rate();
     })
     .await;
     let mut slow = gw.connect("slow").await;
@@ -1328,9 +1306,7 @@ async fn sigterm_closes_every_client_with_1001_and_exits_0() {
 #[tokio::test]
 async fn rooms_are_forgotten_once_empty_and_their_history_expired() {
     let gw = Gateway::start_with(|s| {
-        s.set("rooms", "history_ttl", json!("1s"))
-            .set("limits", "messages_per_second", json!(1_000_000))
-            .set("limits", "burst", json!(1_000_000));
+        s.set("rooms", "history_ttl", json!("1s")).unlimited_rate();
     })
     .await;
     let mut a = gw.connect("a").await;

@@ -43,6 +43,17 @@ impl Settings {
         self
     }
 
+    /// `limits.messages_per_second` and `limits.burst`.
+    pub fn rate_limit(&mut self, per_second: u64, burst: u64) -> &mut Self {
+        self.set("limits", "messages_per_second", json!(per_second))
+            .set("limits", "burst", json!(burst))
+    }
+
+    /// Per-session rate limits far above anything a test sends.
+    pub fn unlimited_rate(&mut self) -> &mut Self {
+        self.rate_limit(1_000_000, 1_000_000)
+    }
+
     pub fn toml(&self) -> String {
         let mut out = String::new();
         for (section, keys) in &self.0 {
@@ -229,6 +240,25 @@ impl Gateway {
             // Polling a child's exit status has no async event; a short poll keeps it cheap.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Sends SIGHUP and waits for a log line with `needle` written after the signal.
+    pub async fn sighup(&self, needle: &str) -> String {
+        let skip = self.log_len();
+        self.signal("HUP");
+        self.wait_log_after(needle, skip).await
+    }
+
+    /// `sender` and `bob`, both in `room`, with bob's presence already read off `sender`;
+    /// returns them and the room's epoch.
+    pub async fn pair_in_room(&self, sender: &str, room: &str) -> (Client, Client, Value) {
+        let mut first = self.connect(sender).await;
+        let mut bob = self.connect("bob").await;
+        let epoch = first.join(room).await["epoch"].clone();
+        bob.join(room).await;
+        let presence = first.recv().await; // presence: bob joined
+        assert_eq!(presence["type"], "presence", "{presence}");
+        (first, bob, epoch)
     }
 
     /// All log lines so far.
@@ -420,6 +450,14 @@ pub fn sign_hs(secret: &str, alg: &str, claims: Value) -> String {
 }
 
 pub async fn tls_connect(addr: SocketAddr, ca: &std::path::Path) -> TlsStream<TcpStream> {
+    try_tls_connect(addr, ca).await.expect("tls handshake")
+}
+
+/// A TLS connection to `addr` trusting the CAs in `ca`, or the reason it failed.
+pub async fn try_tls_connect(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
         roots.add(cert.expect("ca cert")).expect("add root");
@@ -431,11 +469,18 @@ pub async fn tls_connect(addr: SocketAddr, ca: &std::path::Path) -> TlsStream<Tc
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    let tcp = TcpStream::connect(addr).await?;
     TlsConnector::from(Arc::new(cfg))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .expect("tls handshake")
+}
+
+/// The status code in the first line of an HTTP response head.
+pub fn status_code(head: &str) -> u16 {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line")
 }
 
 /// A minimal HTTP/1.1 client for the admin listener.
@@ -468,11 +513,7 @@ pub async fn http_request(
 pub fn parse_http(raw: &[u8]) -> (u16, String) {
     let text = String::from_utf8_lossy(raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
+    let status = status_code(head);
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
