@@ -137,8 +137,7 @@ impl Admin {
                 }
             }
             (Method::GET, "/metrics") => {
-                let hub = &self.server.shared.hub;
-                hub.sweep(std::time::Instant::now());
+                self.server.shared.hub.update_room_gauge();
                 text(
                     StatusCode::OK,
                     self.server.shared.metrics.encode(),

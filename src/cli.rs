@@ -155,7 +155,7 @@ fn token(
     let now = crate::auth::unix_now();
     let claims = crate::auth::MintClaims {
         sub,
-        exp: now + ttl.as_secs(),
+        exp: now.saturating_add(ttl.as_secs()),
         iat: now,
         name,
         rooms,
@@ -380,10 +380,11 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
 
     wait_for_signals(&running).await?;
 
-    info!("shutting down: closing sessions with 1001, draining up to {grace:?}");
+    // Not ready from here on (before the log line, so whoever reads it sees /readyz 503).
     server
         .draining
         .store(true, std::sync::atomic::Ordering::SeqCst);
+    info!("shutting down: closing sessions with 1001, draining up to {grace:?}");
     shutdown.cancel();
     let _ = accept.await;
     server.tracker.close();

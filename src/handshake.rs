@@ -216,17 +216,10 @@ fn find_token<'r, B>(
             }
         }
     }
-    match found.len() {
-        0 => {}
-        1 => {
-            return Ok(found[0]).and_then(|t| {
-                if t.is_empty() {
-                    Err(AuthError::Missing)
-                } else {
-                    Ok(t)
-                }
-            })
-        }
+    match found[..] {
+        [] => {}
+        [""] => return Err(AuthError::Missing),
+        [token] => return Ok(token),
         _ => return Err(AuthError::Ambiguous),
     }
     if !cookie_name.is_empty() {

@@ -86,14 +86,19 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    /// Closes the session as too slow to read (1013), counted once.
+    pub fn close_slow(&self, metrics: &Metrics) {
+        if self.ctl.close(close::SLOW) {
+            metrics.slow_consumer();
+        }
+    }
+
     /// Queues a frame; a full queue closes the session as too slow (1013).
     pub fn send(&self, item: Outbound, metrics: &Metrics) -> bool {
         match self.tx.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.ctl.close(close::SLOW) {
-                    metrics.slow_consumer();
-                }
+                self.close_slow(metrics);
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -423,6 +428,11 @@ impl Hub {
     /// Periodic upkeep: history expiry and the room gauge.
     pub fn sweep(&self, now: Instant) {
         self.broker.sweep(now);
+        self.update_room_gauge();
+    }
+
+    /// Sets `wsgate_rooms` from the broker's current count.
+    pub fn update_room_gauge(&self) {
         self.metrics.rooms.set(self.broker.room_count() as i64);
     }
 }
@@ -447,9 +457,7 @@ impl BrokerHandler for Hub {
                 Some(buffer) => {
                     not_sent += 1;
                     if buffer.len() >= cap {
-                        if m.handle.ctl.close(close::SLOW) {
-                            self.metrics.slow_consumer();
-                        }
+                        m.handle.close_slow(&self.metrics);
                     } else {
                         buffer.push(p.clone());
                     }

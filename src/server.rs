@@ -316,18 +316,16 @@ async fn serve_static(dir: &std::path::Path, req: Request<Incoming>) -> Response
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Some(ct) = h.get(header::CONTENT_TYPE) {
-        let is_text = ct
-            .to_str()
-            .is_ok_and(|s| s.starts_with("text/") || s.contains("javascript"));
-        if is_text && !ct.to_str().is_ok_and(|s| s.contains("charset")) {
-            if let Ok(v) = HeaderValue::from_str(&format!(
-                "{}; charset=utf-8",
-                ct.to_str().unwrap_or("text/plain")
-            )) {
-                h.insert(header::CONTENT_TYPE, v);
-            }
-        }
+    // Text types get an explicit charset (ServeDir sends e.g. `text/css` bare).
+    let bare_text = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|ct| {
+            (ct.starts_with("text/") || ct.contains("javascript")) && !ct.contains("charset")
+        })
+        .map(|ct| format!("{ct}; charset=utf-8"));
+    if let Some(v) = bare_text.and_then(|ct| HeaderValue::from_str(&ct).ok()) {
+        h.insert(header::CONTENT_TYPE, v);
     }
     resp
 }

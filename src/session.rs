@@ -138,10 +138,14 @@ enum WriteError {
     Socket,
 }
 
+/// Longest a token may keep a session open without a refresh; a far-future `exp` (a token
+/// can carry any u64) must not overflow the timer.
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// The session's deadline for a token: `exp` plus the configured leeway.
 fn expiry_instant(expires_at: u64, leeway: u64) -> Instant {
-    let left = (expires_at + leeway).saturating_sub(unix_now());
-    Instant::now() + Duration::from_secs(left)
+    let left = expires_at.saturating_add(leeway).saturating_sub(unix_now());
+    Instant::now() + Duration::from_secs(left).min(MAX_TOKEN_LIFE)
 }
 
 impl<S> Session<S>
@@ -493,4 +497,17 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn far_future_expiry_does_not_overflow() {
+        let at = expiry_instant(u64::MAX, u64::MAX);
+        assert!(at > Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        let soon = expiry_instant(unix_now() + 10, 5);
+        assert!(soon <= Instant::now() + Duration::from_secs(16));
+    }
 }
