@@ -10,10 +10,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 /// Keys whose value is a list of strings; the environment gives them comma-separated.
-const LIST_KEYS: &[&str] = &["origin.allowed", "auth.algorithms"];
+const LIST_KEYS: &[&str] = &[
+    "origin.allowed",
+    "auth.algorithms",
+    "server.trusted_proxies",
+];
 
 /// The hs_secret and admin key that ship in the examples: refused on public addresses.
 pub const DEFAULT_HS_SECRET: &str = "change-me";
@@ -67,6 +72,10 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Every connection starts with a PROXY protocol v1/v2 header (behind a load balancer).
+    pub proxy_protocol: bool,
+    /// CIDRs allowed to send that header.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +89,8 @@ impl Default for ServerConfig {
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            proxy_protocol: false,
+            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
         }
     }
 }
@@ -166,8 +177,15 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     pub handshakes_per_ip_per_minute: u32,
     pub max_connections_per_ip: usize,
+    /// Sessions of one `sub` on this node; beyond: 503 at the handshake.
+    pub max_connections_per_user: usize,
     pub max_rooms_per_connection: usize,
     pub send_queue: usize,
+    /// The command bucket (join, leave, refresh), per connection.
+    pub commands_per_second: u32,
+    pub command_burst: u32,
+    /// Connections of one IP still before `101` (TLS, HTTP); more are closed at accept.
+    pub handshakes_in_flight_per_ip: usize,
 }
 
 impl Default for LimitsConfig {
@@ -178,8 +196,12 @@ impl Default for LimitsConfig {
             max_message_bytes: 16384,
             handshakes_per_ip_per_minute: 120,
             max_connections_per_ip: 1000,
+            max_connections_per_user: 100,
             max_rooms_per_connection: 64,
             send_queue: 1024,
+            commands_per_second: 10,
+            command_burst: 80,
+            handshakes_in_flight_per_ip: 16,
         }
     }
 }
@@ -194,6 +216,9 @@ pub struct RoomsConfig {
     /// many users in `joined.members` (with `members_total`): presence in a 10,000-viewer room
     /// would cost every member a frame per join, n² frames in all.
     pub presence_limit: usize,
+    /// All rooms' history together; past it the rooms idle longest lose theirs first.
+    /// Accepts `"64KiB"`-style strings and plain byte counts.
+    pub history_max_bytes: ByteSize,
 }
 
 impl Default for RoomsConfig {
@@ -202,6 +227,7 @@ impl Default for RoomsConfig {
             history_size: 100,
             history_ttl: Duration::from_secs(600),
             presence_limit: crate::hub::DEFAULT_PRESENCE_LIMIT,
+            history_max_bytes: ByteSize::mib(256),
         }
     }
 }
@@ -222,10 +248,32 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     pub redis_url: String,
+    /// This node in `/api/nodes`, logs and metrics; empty: host name + "-" + 6 random hex.
+    pub node_name: String,
+    /// Every Redis key and channel starts with it.
+    pub key_prefix: String,
+    /// A node silent this long is dead: its sessions leave presence.
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// Per Redis operation; past it the operation fails as `unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: String::new(),
+            node_name: String::new(),
+            key_prefix: "wsgate".into(),
+            node_ttl: Duration::from_secs(15),
+            redis_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -363,6 +411,16 @@ impl Config {
                 l.max_rooms_per_connection,
             ),
             ("limits.send_queue", l.send_queue),
+            (
+                "limits.max_connections_per_user",
+                l.max_connections_per_user,
+            ),
+            ("limits.commands_per_second", l.commands_per_second as usize),
+            ("limits.command_burst", l.command_burst as usize),
+            (
+                "limits.handshakes_in_flight_per_ip",
+                l.handshakes_in_flight_per_ip,
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
@@ -394,6 +452,40 @@ impl Config {
                 "cluster.redis_url",
                 "multi-node mode is not available in this version: leave it empty",
             ));
+        }
+        if s.proxy_protocol {
+            return Err(ConfigError::invalid(
+                "server.proxy_protocol",
+                "the PROXY protocol is not available in this version: leave it false",
+            ));
+        }
+        for cidr in &s.trusted_proxies {
+            cidr.parse::<ipnet::IpNet>().map_err(|_| {
+                ConfigError::invalid(
+                    "server.trusted_proxies",
+                    format!("{cidr:?} is not a CIDR (e.g. 10.0.0.0/8, ::1/128)"),
+                )
+            })?;
+        }
+        let c = &self.cluster;
+        if c.key_prefix.is_empty()
+            || !c
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        {
+            return Err(ConfigError::invalid(
+                "cluster.key_prefix",
+                "must be 1 or more characters of A-Z a-z 0-9 _ . : -",
+            ));
+        }
+        for (key, d) in [
+            ("cluster.node_ttl", c.node_ttl),
+            ("cluster.redis_timeout", c.redis_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::invalid(key, "must be longer than 0s"));
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
@@ -631,6 +723,38 @@ mod tests {
     fn default_api_key_refused_on_public_admin() {
         let err = load_str("[admin]\nlisten = \"0.0.0.0:9090\"\n", &[]).expect_err("public");
         assert!(err.to_string().starts_with("admin.api_key"), "{err}");
+    }
+
+    #[test]
+    fn v1_2_keys_have_contract_defaults_and_parse() {
+        let cfg = load_str(
+            "[rooms]\nhistory_max_bytes = \"64KiB\"\n[limits]\ncommand_burst = 5\n[cluster]\nnode_ttl = \"20s\"\n",
+            &[("WSGATE__LIMITS__MAX_CONNECTIONS_PER_USER", "7")],
+        )
+        .expect("valid");
+        assert_eq!(cfg.rooms.history_max_bytes.as_u64(), 64 * 1024);
+        assert_eq!(cfg.limits.command_burst, 5);
+        assert_eq!(cfg.limits.max_connections_per_user, 7);
+        assert_eq!(cfg.cluster.node_ttl, Duration::from_secs(20));
+        let d = Config::default();
+        assert_eq!(d.rooms.history_max_bytes.as_u64(), 256 * 1024 * 1024);
+        assert_eq!(d.limits.commands_per_second, 10);
+        assert_eq!(d.limits.command_burst, 80);
+        assert_eq!(d.limits.handshakes_in_flight_per_ip, 16);
+        assert_eq!(d.cluster.key_prefix, "wsgate");
+        assert_eq!(d.server.trusted_proxies, ["127.0.0.1/32", "::1/128"]);
+        let cfg = load_str("[rooms]\nhistory_max_bytes = 65536\n", &[]).expect("integer");
+        assert_eq!(cfg.rooms.history_max_bytes.as_u64(), 65536);
+        let cfg = load_str("", &[("WSGATE__ROOMS__HISTORY_MAX_BYTES", "1MiB")]).expect("env");
+        assert_eq!(cfg.rooms.history_max_bytes.as_u64(), 1024 * 1024);
+        let err = load_str("[rooms]\nhistory_max_bytes = \"lots\"\n", &[]).expect_err("bad");
+        assert!(err.to_string().contains("history_max_bytes"), "{err}");
+        let err =
+            load_str("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", &[]).expect_err("bad cidr");
+        assert!(
+            err.to_string().starts_with("server.trusted_proxies"),
+            "{err}"
+        );
     }
 
     #[test]
