@@ -2,7 +2,10 @@
 //!
 //! Origins compare the way browsers serialize them: scheme and host case-insensitive, the
 //! scheme's default port equal to no port. `https://*.example.com` matches one or more labels
-//! before `.example.com`, never `example.com` itself nor `evilexample.com`.
+//! before `.example.com`, never `example.com` itself nor `evilexample.com`. A wildcard directly
+//! over a public suffix (`*.com`, `*.co.uk`, `*.github.io`: both sections of the Public Suffix
+//! List, compiled in by the `psl` crate) is refused, since it would admit every site of unrelated
+//! owners under that suffix.
 
 use crate::config::OriginConfig;
 
@@ -41,6 +44,8 @@ pub enum OriginError {
     Malformed(String),
     #[error("{0:?}: a wildcard is only allowed as the first label, as in https://*.example.com")]
     BadWildcard(String),
+    #[error("{entry:?}: {suffix:?} is a public suffix (Public Suffix List), so the wildcard would admit every site registered under it; name your own domain, as in https://*.example.com")]
+    PublicSuffix { entry: String, suffix: String },
 }
 
 /// Why a handshake's Origin was refused.
@@ -156,8 +161,14 @@ impl Pattern {
     fn parse(s: &str) -> Result<Pattern, OriginError> {
         let o = Origin::parse(s)?;
         let host = if let Some(suffix) = o.host.strip_prefix("*.") {
-            if suffix.contains('*') || !suffix.contains('.') && suffix.is_empty() {
+            if suffix.contains('*') || suffix.is_empty() {
                 return Err(OriginError::BadWildcard(s.to_string()));
+            }
+            if is_public_suffix(suffix) {
+                return Err(OriginError::PublicSuffix {
+                    entry: s.to_string(),
+                    suffix: suffix.to_string(),
+                });
             }
             HostPattern::Subdomains(format!(".{suffix}"))
         } else if o.host.contains('*') {
@@ -185,6 +196,14 @@ impl Pattern {
             }
         }
     }
+}
+
+/// Whether `domain` (lowercase) is itself a public suffix, in the list's ICANN or private
+/// section. A name under a TLD the list does not know follows the list's implicit `*` rule:
+/// that TLD is a suffix (`internal`, `localhost`), so `*.internal` is refused while
+/// `*.corp.internal` is not.
+fn is_public_suffix(domain: &str) -> bool {
+    psl::suffix(domain.as_bytes()).is_some_and(|s| s.as_bytes().len() == domain.len())
 }
 
 #[cfg(test)]
@@ -288,5 +307,60 @@ mod tests {
             p.check(Some("https://user@a.example")),
             Err(OriginRefusal::NotAllowed)
         );
+    }
+
+    #[test]
+    fn wildcard_over_a_public_suffix_is_refused() {
+        for entry in [
+            "https://*.com",
+            "https://*.COM:8443",
+            "https://*.com.",
+            "https://*.co.uk",
+            "https://*.github.io",
+            "https://*.blogspot.com",
+            "https://*.internal",
+            "http://*.localhost:8080",
+        ] {
+            let r = OriginPolicy::new(&OriginConfig {
+                allowed: vec![entry.to_string()],
+                allow_missing: false,
+            });
+            assert!(
+                matches!(r, Err(OriginError::PublicSuffix { .. })),
+                "{entry}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wildcard_under_a_registrable_domain_is_kept() {
+        let p = policy(
+            &[
+                "https://*.example.com",
+                "https://*.example.co.uk",
+                "https://*.alice.github.io",
+                "https://*.corp.internal",
+            ],
+            false,
+        );
+        for ok in [
+            "https://a.example.com",
+            "https://x.example.co.uk",
+            "https://app.alice.github.io",
+            "https://chat.corp.internal",
+        ] {
+            assert_eq!(p.check(Some(ok)), Ok(()), "{ok}");
+        }
+        for refused in [
+            "https://evil.com",
+            "https://bob.github.io",
+            "https://x.co.uk",
+        ] {
+            assert_eq!(
+                p.check(Some(refused)),
+                Err(OriginRefusal::NotAllowed),
+                "{refused}"
+            );
+        }
     }
 }
