@@ -135,7 +135,12 @@ pub struct DevCertPaths {
 }
 
 /// Writes a development CA (`ca.crt`, `ca.key`) and a server certificate it signed for every
-/// host (`server.crt`, `server.key`) into `out`. ECDSA P-256; keys are written mode 0600.
+/// host (`server.crt`, `server.key`) into `out`. ECDSA P-256; keys are written mode 0600, also
+/// over existing files.
+///
+/// Developers are told to trust `ca.crt`, so the CA is limited to `hosts` by a critical
+/// NameConstraints extension (see [`dev_name_constraints`]) and may sign no other CA: whoever
+/// gets `ca.key` still cannot mint a certificate such a machine trusts for another site.
 pub fn generate_dev_certs(out: &Path, hosts: &[String]) -> Result<DevCertPaths, TlsError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -145,7 +150,8 @@ pub fn generate_dev_certs(out: &Path, hosts: &[String]) -> Result<DevCertPaths, 
 
     let ca_key = KeyPair::generate().map_err(gen)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.name_constraints = Some(dev_name_constraints(hosts));
     ca_params
         .distinguished_name
         .push(DnType::CommonName, "wsgate development CA");
@@ -179,17 +185,63 @@ pub fn generate_dev_certs(out: &Path, hosts: &[String]) -> Result<DevCertPaths, 
     Ok(paths)
 }
 
+/// What the dev CA may sign: exactly the DNS names (RFC 5280 also lets a DNS constraint cover
+/// names below it) and IP addresses of `hosts`. A constraint binds only the name types it
+/// lists, so a type without hosts is excluded whole: every IP address (`0.0.0.0/0`, `::/0`),
+/// or every DNS name (the empty name matches them all).
+fn dev_name_constraints(hosts: &[String]) -> rcgen::NameConstraints {
+    use rcgen::{CidrSubnet, GeneralSubtree};
+    let permitted: Vec<GeneralSubtree> = hosts
+        .iter()
+        .map(|host| match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                let bits = if ip.is_ipv4() { 32 } else { 128 };
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(ip, bits))
+            }
+            // A wildcard host is covered by its parent domain's constraint.
+            Err(_) => GeneralSubtree::DnsName(host.strip_prefix("*.").unwrap_or(host).into()),
+        })
+        .collect();
+    let mut excluded = Vec::new();
+    if !permitted
+        .iter()
+        .any(|s| matches!(s, GeneralSubtree::IpAddress(_)))
+    {
+        excluded.push(GeneralSubtree::IpAddress(CidrSubnet::V4([0; 4], [0; 4])));
+        excluded.push(GeneralSubtree::IpAddress(CidrSubnet::V6([0; 16], [0; 16])));
+    }
+    if !permitted
+        .iter()
+        .any(|s| matches!(s, GeneralSubtree::DnsName(_)))
+    {
+        excluded.push(GeneralSubtree::DnsName(String::new()));
+    }
+    rcgen::NameConstraints {
+        permitted_subtrees: permitted,
+        excluded_subtrees: excluded,
+    }
+}
+
+/// Writes `data` to `path`, mode 0600 for a `secret` and 0644 otherwise, whether or not the
+/// file existed (the mode is set before any byte is written).
 fn write_file(path: &Path, data: &[u8], secret: bool) -> Result<(), TlsError> {
     use std::io::Write;
     let err = |e: std::io::Error| TlsError::Generate(format!("{}: {e}", path.display()));
+    let mode = if secret { 0o600 } else { 0o644 };
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(if secret { 0o600 } else { 0o644 });
+        opts.mode(mode);
     }
     let mut f = opts.open(path).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(err)?;
+    }
     f.write_all(data).map_err(err)
 }
 
@@ -225,5 +277,115 @@ mod tests {
             .reload(&a.server_cert, Path::new("/nonexistent"))
             .is_err());
         assert_eq!(cert.leaf_der(), before);
+    }
+
+    /// A rustls client's verdict on `leaf` presented as `name`, trusting only the CA in `ca`.
+    fn client_verdict(ca: &Path, leaf: &CertificateDer<'_>, name: &str) -> Result<(), String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(ca).expect("ca.crt"))
+            .expect("a usable root");
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .expect("verifier");
+        let name = rustls_pki_types::ServerName::try_from(name.to_string()).expect("name");
+        use rustls::client::danger::ServerCertVerifier as _;
+        verifier
+            .verify_server_cert(leaf, &[], &name, &[], rustls_pki_types::UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    /// A server certificate for `names` signed with the dev CA in `dir`, made from its two PEM
+    /// files the way whoever copied `ca.key` would.
+    fn forge(dir: &Path, names: &[&str]) -> CertificateDer<'static> {
+        use rcgen::{CertificateParams, Issuer, KeyPair};
+        let ca_key = KeyPair::from_pem(&fs::read_to_string(dir.join("ca.key")).expect("ca.key"))
+            .expect("ca key");
+        let ca_pem = fs::read_to_string(dir.join("ca.crt")).expect("ca.crt");
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("params");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("key");
+        params
+            .signed_by(&key, &issuer)
+            .expect("signed")
+            .der()
+            .clone()
+    }
+
+    fn server_leaf(paths: &DevCertPaths) -> CertificateDer<'static> {
+        CertificateDer::from_pem_file(&paths.server_cert).expect("server.crt")
+    }
+
+    fn assert_refused(verdict: Result<(), String>, what: &str) {
+        let err = verdict.expect_err(what);
+        assert!(err.contains("NameConstraintViolation"), "{what}: {err}");
+    }
+
+    #[test]
+    fn dev_ca_vouches_only_for_its_hosts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = generate_dev_certs(dir.path(), &default_dev_hosts()).expect("gen");
+        for name in ["localhost", "127.0.0.1", "::1"] {
+            client_verdict(&paths.ca_cert, &server_leaf(&paths), name)
+                .unwrap_or_else(|e| panic!("the real certificate for {name}: {e}"));
+        }
+        // The forging itself works: a certificate for a permitted name verifies.
+        client_verdict(
+            &paths.ca_cert,
+            &forge(dir.path(), &["localhost"]),
+            "localhost",
+        )
+        .expect("a forged certificate for a permitted name");
+        for (names, presented) in [
+            (&["bank.example"][..], "bank.example"),
+            (&["localhost", "bank.example"][..], "bank.example"),
+            (&["localhost", "bank.example"][..], "localhost"),
+            (&["127.0.0.2"][..], "127.0.0.2"),
+            (&["192.0.2.7"][..], "192.0.2.7"),
+            (&["2001:db8::1"][..], "2001:db8::1"),
+        ] {
+            assert_refused(
+                client_verdict(&paths.ca_cert, &forge(dir.path(), names), presented),
+                &format!("forged {names:?} presented as {presented}"),
+            );
+        }
+    }
+
+    #[test]
+    fn dev_ca_without_ip_hosts_signs_no_ip_and_without_dns_hosts_no_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dns = dir.path().join("dns");
+        let paths = generate_dev_certs(&dns, &["chat.test".into()]).expect("gen");
+        client_verdict(&paths.ca_cert, &server_leaf(&paths), "chat.test").expect("real cert");
+        assert_refused(
+            client_verdict(&paths.ca_cert, &forge(&dns, &["10.1.2.3"]), "10.1.2.3"),
+            "an IP address from a DNS-only CA",
+        );
+        let ip = dir.path().join("ip");
+        let paths = generate_dev_certs(&ip, &["10.1.2.3".into()]).expect("gen");
+        client_verdict(&paths.ca_cert, &server_leaf(&paths), "10.1.2.3").expect("real cert");
+        assert_refused(
+            client_verdict(&paths.ca_cert, &forge(&ip, &["example.org"]), "example.org"),
+            "a DNS name from an IP-only CA",
+        );
+    }
+
+    #[test]
+    fn dev_ca_name_constraints_are_critical() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = generate_dev_certs(dir.path(), &default_dev_hosts()).expect("gen");
+        let der = CertificateDer::from_pem_file(&paths.ca_cert).expect("ca.crt");
+        let (_, ca) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let ext = ca
+            .get_extension_unique(&x509_parser::oid_registry::OID_X509_EXT_NAME_CONSTRAINTS)
+            .expect("one extension")
+            .expect("NameConstraints present");
+        assert!(ext.critical, "NameConstraints must be critical");
     }
 }
