@@ -127,6 +127,9 @@ fn check_config(path: &Path) -> i32 {
                 }
             }
             print!("{}", cfg.redacted_toml());
+            for w in cfg.warnings() {
+                eprintln!("wsgate: warning: {w}");
+            }
             eprintln!("wsgate: configuration {} is valid", path.display());
             0
         }
@@ -228,6 +231,9 @@ fn serve(path: &Path) -> i32 {
         Err(code) => return code,
     };
     let filter = init_logging(&cfg);
+    for w in cfg.warnings() {
+        warn!("{w}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -501,6 +507,9 @@ fn reload(running: &Running) {
         applied.push("log.level");
     }
     server.shared.live.store(Arc::new(live));
+    for w in next.warnings() {
+        warn!("{w}");
+    }
     let restart = current.restart_only_changes(&next);
     if !restart.is_empty() {
         warn!(keys = ?restart, "these keys changed but apply only after a restart");

@@ -24,6 +24,19 @@ const LIST_KEYS: &[&str] = &[
 pub const DEFAULT_HS_SECRET: &str = "change-me";
 pub const DEFAULT_API_KEY: &str = "change-me-too";
 
+/// Shortest HS secret once a listener is reachable from other machines: RFC 7518 §3.2 wants
+/// an HS256 key at least as long as its 256-bit hash, and a shorter one can be brute-forced
+/// offline from a single token.
+pub const MIN_HS_SECRET_BYTES: usize = 32;
+/// Shortest admin key once a listener is reachable from other machines: 32 characters of
+/// base64 (what `head -c 32 /dev/urandom | base64` starts with) carry 192 bits.
+pub const MIN_API_KEY_CHARS: usize = 32;
+/// Placeholders in `config/production.example.toml`: a copied but unedited file must not
+/// start, whatever its addresses.
+const PLACEHOLDER_SECRETS: &[&str] = &["REPLACE-WITH-A-LONG-RANDOM-KEY", "..."];
+/// The command the refusals suggest for making a secret.
+const MAKE_SECRET: &str = "head -c 32 /dev/urandom | base64";
+
 /// Why a configuration could not be used. Each message names the key and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -395,7 +408,7 @@ impl Config {
         }
         crate::origin::OriginPolicy::new(&self.origin)
             .map_err(|e| ConfigError::invalid("origin.allowed", e.to_string()))?;
-        self.validate_auth(listen)?;
+        self.validate_auth()?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.messages_per_second", l.messages_per_second as usize),
@@ -441,12 +454,7 @@ impl Config {
         if self.admin.api_key.is_empty() {
             return Err(ConfigError::invalid("admin.api_key", "must not be empty"));
         }
-        if !admin.ip().is_loopback() && self.admin.api_key == DEFAULT_API_KEY {
-            return Err(ConfigError::invalid(
-                "admin.api_key",
-                "is the example key while admin.listen is not a loopback address: set a real key",
-            ));
-        }
+        self.validate_secrets(listen, admin)?;
         if !self.cluster.redis_url.is_empty() {
             return Err(ConfigError::invalid(
                 "cluster.redis_url",
@@ -492,7 +500,7 @@ impl Config {
         Ok(())
     }
 
-    fn validate_auth(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+    fn validate_auth(&self) -> Result<(), ConfigError> {
         let a = &self.auth;
         if a.algorithms.is_empty() {
             return Err(ConfigError::invalid(
@@ -509,16 +517,6 @@ impl Config {
                 "set either auth.hs_secret or auth.hs_secret_file, not both",
             ));
         }
-        if a.hs_secret_file.is_empty()
-            && a.hs_secret == DEFAULT_HS_SECRET
-            && !listen.ip().is_loopback()
-            && a.algorithms.iter().any(|alg| alg.starts_with("HS"))
-        {
-            return Err(ConfigError::invalid(
-                "auth.hs_secret",
-                "is the example secret while server.listen is not a loopback address: set a real secret",
-            ));
-        }
         if !a.cookie_name.is_empty() && self.origin.allow_missing {
             return Err(ConfigError::invalid(
                 "auth.cookie_name",
@@ -526,12 +524,60 @@ impl Config {
             ));
         }
         // Building the verifier checks algorithms, the secret and every key file.
-        crate::auth::Verifier::from_config(a).map_err(|e| match e {
-            crate::auth::VerifierError::Config { key, message } => {
-                ConfigError::Invalid { key, message }
-            }
-        })?;
+        crate::auth::Verifier::from_config(a).map_err(ConfigError::from)?;
         Ok(())
+    }
+
+    /// The HS secret (when an HS algorithm is allowed) and the admin key: never a placeholder
+    /// of the production example; and unless both listeners are on loopback (a development
+    /// machine), neither the example value nor anything shorter than the minimum.
+    fn validate_secrets(&self, listen: SocketAddr, admin: SocketAddr) -> Result<(), ConfigError> {
+        let exposed = [("server.listen", listen), ("admin.listen", admin)]
+            .into_iter()
+            .find(|(_, addr)| !addr.ip().is_loopback());
+        let a = &self.auth;
+        if a.algorithms.iter().any(|alg| alg.starts_with("HS")) {
+            let key = if a.hs_secret_file.is_empty() {
+                "auth.hs_secret"
+            } else {
+                "auth.hs_secret_file"
+            };
+            let secret = crate::auth::hs_secret(a).map_err(ConfigError::from)?;
+            let secret = SecretValue {
+                key,
+                value: &secret,
+                len: secret.len(),
+                unit: "bytes",
+                min: MIN_HS_SECRET_BYTES,
+                example: DEFAULT_HS_SECRET,
+            };
+            secret.check(exposed)?;
+        }
+        let api_key = &self.admin.api_key;
+        SecretValue {
+            key: "admin.api_key",
+            value: api_key.as_bytes(),
+            len: api_key.chars().count(),
+            unit: "characters",
+            min: MIN_API_KEY_CHARS,
+            example: DEFAULT_API_KEY,
+        }
+        .check(exposed)
+    }
+
+    /// Advice that does not stop the gateway: `check-config` prints it, `serve` logs it.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let cookie = &self.auth.cookie_name;
+        if !cookie.is_empty() && !cookie.starts_with(HOST_COOKIE_PREFIX) {
+            out.push(format!(
+                "auth.cookie_name {cookie:?} has no {HOST_COOKIE_PREFIX} prefix: a page on another \
+                 subdomain of the site, or any plain-http page of it, can set a cookie of that name \
+                 and sign the browser in to another account; prefer a {HOST_COOKIE_PREFIX} cookie \
+                 (Secure, Path=/, no Domain, set by the gateway's host)"
+            ));
+        }
+        out
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -585,6 +631,73 @@ impl Config {
 }
 
 const REDACTED: &str = "<redacted>";
+
+/// Browsers accept a cookie with this name prefix only from the exact host, over https, with
+/// `Path=/` and no `Domain`: no sibling subdomain can plant one (cookie tossing).
+const HOST_COOKIE_PREFIX: &str = "__Host-";
+
+impl From<crate::auth::VerifierError> for ConfigError {
+    fn from(e: crate::auth::VerifierError) -> Self {
+        match e {
+            crate::auth::VerifierError::Config { key, message } => {
+                ConfigError::Invalid { key, message }
+            }
+        }
+    }
+}
+
+/// One secret as [`Config::validate_secrets`] judges it.
+struct SecretValue<'a> {
+    key: &'static str,
+    value: &'a [u8],
+    /// Its length in `unit`s.
+    len: usize,
+    unit: &'static str,
+    min: usize,
+    /// The development default: fine on loopback only.
+    example: &'static str,
+}
+
+impl SecretValue<'_> {
+    /// `exposed`: the first listener other machines can reach, if any.
+    fn check(&self, exposed: Option<(&str, SocketAddr)>) -> Result<(), ConfigError> {
+        if let Some(p) = PLACEHOLDER_SECRETS
+            .iter()
+            .find(|p| p.as_bytes() == self.value)
+        {
+            return Err(ConfigError::invalid(
+                self.key,
+                format!(
+                    "is the placeholder {p:?} of the production example: set a random value ({MAKE_SECRET})"
+                ),
+            ));
+        }
+        let Some((listener, addr)) = exposed else {
+            return Ok(());
+        };
+        if self.value == self.example.as_bytes() {
+            return Err(ConfigError::invalid(
+                self.key,
+                format!(
+                    "is the example value {:?} while {listener} {addr} is not a loopback address: \
+                     set a random value of at least {} {} ({MAKE_SECRET})",
+                    self.example, self.min, self.unit
+                ),
+            ));
+        }
+        if self.len < self.min {
+            return Err(ConfigError::invalid(
+                self.key,
+                format!(
+                    "is {} {}, too short to resist guessing while {listener} {addr} is not a \
+                     loopback address: use at least {} ({MAKE_SECRET})",
+                    self.len, self.unit, self.min
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 fn toml_string(cfg: &Config) -> String {
     // Durations print as humantime strings; a hand-rolled writer keeps the output readable
@@ -721,8 +834,193 @@ mod tests {
 
     #[test]
     fn default_api_key_refused_on_public_admin() {
-        let err = load_str("[admin]\nlisten = \"0.0.0.0:9090\"\n", &[]).expect_err("public");
+        let toml =
+            format!("[auth]\nhs_secret = \"{LONG_SECRET}\"\n[admin]\nlisten = \"0.0.0.0:9090\"\n");
+        let err = load_str(&toml, &[]).expect_err("public");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("admin.api_key: is the example value"),
+            "{msg}"
+        );
+        assert!(msg.contains("admin.listen 0.0.0.0:9090"), "{msg}");
+    }
+
+    /// 32 bytes / characters: the shortest secret and key accepted off loopback.
+    const LONG_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn public(extra: &str) -> String {
+        format!("[server]\nlisten = \"0.0.0.0:443\"\n{extra}")
+    }
+
+    #[test]
+    fn short_hs_secret_refused_unless_both_listeners_are_loopback() {
+        let short = &LONG_SECRET[1..];
+        let api_key = format!("[admin]\napi_key = \"{LONG_SECRET}\"\n");
+        let err = load_str(
+            &public(&format!("[auth]\nhs_secret = \"{short}\"\n{api_key}")),
+            &[],
+        )
+        .expect_err("31 bytes on a public listener");
+        let msg = err.to_string();
+        assert!(msg.starts_with("auth.hs_secret: is 31 bytes"), "{msg}");
+        assert!(msg.contains("server.listen 0.0.0.0:443"), "{msg}");
+        assert!(!msg.contains(short), "the secret is never echoed: {msg}");
+        // A public admin listener alone is enough to refuse it.
+        let err = load_str(
+            &format!("[auth]\nhs_secret = \"{short}\"\n[admin]\nlisten = \"0.0.0.0:9090\"\napi_key = \"{LONG_SECRET}\"\n"),
+            &[],
+        )
+        .expect_err("31 bytes with a public admin listener");
+        assert!(err.to_string().starts_with("auth.hs_secret"), "{err}");
+        load_str(
+            &public(&format!("[auth]\nhs_secret = \"{LONG_SECRET}\"\n{api_key}")),
+            &[],
+        )
+        .expect("32 bytes are enough");
+        // Both on loopback: a development machine, short secrets are fine.
+        load_str(&format!("[auth]\nhs_secret = \"{short}\"\n"), &[]).expect("loopback");
+        load_str("[auth]\nhs_secret = \"x\"\n[admin]\napi_key = \"y\"\n", &[]).expect("loopback");
+    }
+
+    #[test]
+    fn short_hs_secret_file_refused_off_loopback() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(b"short-secret-from-a-file\n")
+            .expect("write");
+        let extra = format!(
+            "[auth]\nhs_secret_file = {:?}\n[admin]\napi_key = \"{LONG_SECRET}\"\n",
+            file.path()
+        );
+        let err = load_str(&public(&extra), &[]).expect_err("24 bytes from the file");
+        assert!(
+            err.to_string()
+                .starts_with("auth.hs_secret_file: is 24 bytes"),
+            "{err}"
+        );
+        load_str(&extra, &[]).expect("loopback");
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(format!("{LONG_SECRET}\n").as_bytes())
+            .expect("write");
+        let extra = format!(
+            "[auth]\nhs_secret_file = {:?}\n[admin]\napi_key = \"{LONG_SECRET}\"\n",
+            file.path()
+        );
+        load_str(&public(&extra), &[]).expect("32 bytes from the file");
+    }
+
+    #[test]
+    fn hs_secret_does_not_matter_without_an_hs_algorithm() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut pem = tempfile::NamedTempFile::new().expect("temp file");
+        pem.write_all(key.public_key_pem().as_bytes())
+            .expect("write");
+        let extra = format!(
+            "[auth]\nalgorithms = [\"ES256\"]\nhs_secret = \"short\"\n\
+             public_keys = [{{ kid = \"k1\", alg = \"ES256\", file = {:?} }}]\n\
+             [admin]\napi_key = \"{LONG_SECRET}\"\n",
+            pem.path()
+        );
+        load_str(&public(&extra), &[]).expect("no HS algorithm: the secret is unused");
+    }
+
+    #[test]
+    fn short_api_key_refused_unless_both_listeners_are_loopback() {
+        let short = &LONG_SECRET[1..];
+        let secret = format!("[auth]\nhs_secret = \"{LONG_SECRET}\"\n");
+        let err = load_str(
+            &public(&format!("{secret}[admin]\napi_key = \"{short}\"\n")),
+            &[],
+        )
+        .expect_err("31 characters with a public server listener");
+        let msg = err.to_string();
+        assert!(msg.starts_with("admin.api_key: is 31 characters"), "{msg}");
+        assert!(!msg.contains(short), "the key is never echoed: {msg}");
+        // Characters, not bytes: 31 two-byte characters are still too few.
+        let err = load_str(
+            &public(&secret),
+            &[("WSGATE__ADMIN__API_KEY", &"é".repeat(31))],
+        )
+        .expect_err("31 characters");
         assert!(err.to_string().starts_with("admin.api_key"), "{err}");
+        load_str(&public(&secret), &[("WSGATE__ADMIN__API_KEY", LONG_SECRET)])
+            .expect("32 characters are enough");
+        load_str("[admin]\napi_key = \"short\"\n", &[]).expect("loopback");
+    }
+
+    #[test]
+    fn placeholders_of_the_production_example_are_refused_even_on_loopback() {
+        let err = load_str(
+            "[admin]\napi_key = \"REPLACE-WITH-A-LONG-RANDOM-KEY\"\n",
+            &[],
+        )
+        .expect_err("placeholder key");
+        assert!(
+            err.to_string()
+                .starts_with("admin.api_key: is the placeholder"),
+            "{err}"
+        );
+        let err = load_str("[auth]\nhs_secret = \"...\"\n", &[]).expect_err("placeholder secret");
+        assert!(
+            err.to_string()
+                .starts_with("auth.hs_secret: is the placeholder"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn production_example_is_refused_until_its_placeholders_are_replaced() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
+        let mut secret = tempfile::NamedTempFile::new().expect("temp file");
+        secret
+            .write_all(b"0123456789abcdef0123456789abcdef0123456789abcdef")
+            .expect("write");
+        let secret_file = secret.path().display().to_string();
+        let load = |api_key: Option<&str>| {
+            let mut env = HashMap::from([(
+                "WSGATE__AUTH__HS_SECRET_FILE".to_string(),
+                secret_file.clone(),
+            )]);
+            if let Some(k) = api_key {
+                env.insert("WSGATE__ADMIN__API_KEY".into(), k.into());
+            }
+            Config::load(Source {
+                path: &example,
+                env: Some(env),
+            })
+        };
+        let err = load(None).expect_err("the example's placeholder key");
+        assert!(
+            err.to_string()
+                .starts_with("admin.api_key: is the placeholder"),
+            "{err}"
+        );
+        load(Some("Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWpr")).expect("a real key");
+    }
+
+    #[test]
+    fn development_config_stays_valid() {
+        let dev = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/wsgate.toml");
+        let cfg = Config::load(Source {
+            path: &dev,
+            env: Some(HashMap::new()),
+        })
+        .expect("config/wsgate.toml");
+        assert_eq!(cfg.auth.hs_secret, DEFAULT_HS_SECRET);
+        assert_eq!(cfg.admin.api_key, DEFAULT_API_KEY);
+    }
+
+    #[test]
+    fn cookie_without_host_prefix_is_warned_about() {
+        let cfg = load_str("[auth]\ncookie_name = \"session\"\n", &[]).expect("valid");
+        let warnings = cfg.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("auth.cookie_name \"session\" has no __Host- prefix"));
+        let cfg = load_str("[auth]\ncookie_name = \"__Host-session\"\n", &[]).expect("valid");
+        assert!(cfg.warnings().is_empty());
+        assert!(
+            Config::default().warnings().is_empty(),
+            "no cookie, no warning"
+        );
     }
 
     #[test]
