@@ -27,6 +27,14 @@
 #   WSGATE_CONFIG        config file (default /etc/wsgate/wsgate.toml).
 #   WSGATE_BIN, WSGATE_USER, WSGATE_GROUP, WSGATE_UNIT, WSGATE_ENV_FILE,
 #   WSGATE_WORKDIR (the unit's WorkingDirectory).
+#   WSGATE_SYSTEMCTL     the systemctl to call (default systemctl): a wrapper
+#                        script reloads another way (a container, tests).
+#
+# The env file (systemd EnvironmentFile syntax) is read, never executed: only
+# its WSGATE__* lines (the config overrides check-config must see) are
+# exported, each value taken literally as systemd does ("$(...)", backticks
+# and "$VAR" stay text; one pair of surrounding quotes is removed). check-config
+# runs through runuser unless the hook already runs as WSGATE_USER.
 
 set -eu
 
@@ -39,9 +47,45 @@ WSGATE_GROUP="${WSGATE_GROUP:-wsgate}"
 WSGATE_UNIT="${WSGATE_UNIT:-wsgate}"
 WSGATE_ENV_FILE="${WSGATE_ENV_FILE:-/etc/wsgate/wsgate.env}"
 WSGATE_WORKDIR="${WSGATE_WORKDIR:-/etc/wsgate}"
+WSGATE_SYSTEMCTL="${WSGATE_SYSTEMCTL:-systemctl}"
 
 log() {
     printf 'wsgate-deploy-hook: %s\n' "$*" >&2
+}
+
+# Exports the WSGATE__KEY=value lines of an EnvironmentFile without running
+# anything in it. Other lines (comments, other keys, anything else) are skipped.
+load_env_file() {
+    while IFS= read -r line || [ -n "$line" ]; do
+        line="${line#"${line%%[![:space:]]*}"}"
+        key="${line%%=*}"
+        [ "$key" != "$line" ] || continue
+        key="${key%"${key##*[![:space:]]}"}"
+        case "$key" in
+            WSGATE__*) ;;
+            *) continue ;;
+        esac
+        case "$key" in
+            *[!A-Za-z0-9_]*) continue ;;
+        esac
+        value="${line#*=}"
+        value="${value#"${value%%[![:space:]]*}"}"
+        value="${value%"${value##*[![:space:]]}"}"
+        case "$value" in
+            \"*\") value="${value#\"}"; value="${value%\"}" ;;
+            \'*\') value="${value#\'}"; value="${value%\'}" ;;
+        esac
+        export "$key=$value"
+    done < "$1"
+}
+
+# Runs a command as the service user (directly when the hook already is it).
+as_service_user() {
+    if [ "$(id -un)" = "$WSGATE_USER" ]; then
+        "$@"
+    else
+        runuser -u "$WSGATE_USER" -- "$@"
+    fi
 }
 
 if [ -z "${RENEWED_LINEAGE:-}" ]; then
@@ -99,24 +143,22 @@ if [ ! -f "$WSGATE_CONFIG" ]; then
     exit 0
 fi
 
-# Same environment overrides as the service (systemd EnvironmentFile syntax
-# is KEY=value lines, which sh reads the same way for simple values).
+# Same environment overrides as the service. The file is data for systemd,
+# which never runs it; sourcing it here would run any $(...) or `...` in a
+# value as root (and mangle such values), so it is parsed instead.
 if [ -r "$WSGATE_ENV_FILE" ]; then
-    set -a
-    # shellcheck disable=SC1090
-    . "$WSGATE_ENV_FILE"
-    set +a
+    load_env_file "$WSGATE_ENV_FILE"
 fi
 
 # Check as the service user from the service's working directory, so file
 # permissions and relative paths are checked the way the gateway sees them.
-if ! (cd "$WSGATE_WORKDIR" && runuser -u "$WSGATE_USER" -- "$WSGATE_BIN" check-config --config "$WSGATE_CONFIG" >/dev/null); then
+if ! (cd "$WSGATE_WORKDIR" && as_service_user "$WSGATE_BIN" check-config --config "$WSGATE_CONFIG" >/dev/null); then
     log "check-config failed; NOT reloading (the gateway keeps its current certificate)"
     exit 1
 fi
 
-if systemctl is-active --quiet "$WSGATE_UNIT"; then
-    systemctl reload "$WSGATE_UNIT"
+if "$WSGATE_SYSTEMCTL" is-active --quiet "$WSGATE_UNIT"; then
+    "$WSGATE_SYSTEMCTL" reload "$WSGATE_UNIT"
     log "reloaded $WSGATE_UNIT"
 else
     log "$WSGATE_UNIT is not running; it will use the new certificate when started"

@@ -3,5 +3,6 @@
 mod admin;
 mod handshake;
 mod hub;
+mod ops;
 mod smoke;
 mod support;

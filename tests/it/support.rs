@@ -634,3 +634,25 @@ impl Client {
         }
     }
 }
+
+/// Runs `wsgate <args>` to completion (with `RUST_LOG` unset and `env` added).
+pub fn run_wsgate(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(wsgate_bin());
+    cmd.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run wsgate")
+}
+
+/// Writes `dir/wsgate.toml` from the base settings changed by `f`, with a generated
+/// certificate in `dir/certs`; returns its path.
+pub fn write_config(dir: &std::path::Path, f: impl FnOnce(&mut Settings)) -> PathBuf {
+    wsgate::tls::generate_dev_certs(&dir.join("certs"), &wsgate::tls::default_dev_hosts())
+        .expect("certs");
+    let mut s = base_settings(dir);
+    f(&mut s);
+    let path = dir.join("wsgate.toml");
+    std::fs::write(&path, s.toml()).expect("write config");
+    path
+}
