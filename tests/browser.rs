@@ -273,6 +273,78 @@ async fn kicked_page_stays_disconnected() {
 }
 
 #[tokio::test]
+async fn a_token_arriving_later_in_the_fragment_does_not_switch_the_account() {
+    let certs = Certs::new();
+    let port = free_port();
+    let proxy_listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+    let proxy_port = proxy_listener.local_addr().unwrap().port();
+    // Through a proxy, so the test can also force a reconnect.
+    let gw = start_gateway(&certs, port, &[proxy_port]).await;
+    let proxy = Proxy::start(proxy_listener, gw.addr);
+    let browser = Browser::launch(&certs.spki_sha256()).await;
+    let page = open_chat(&browser, &gw, proxy_port, "alice").await;
+    page.eval("window.__aliceGate = window.__wsgate").await;
+    let skip = gw.log_len();
+
+    // Whoever can navigate the tab (an opener, a link into it) changes only its fragment.
+    let mallory = gw.token("mallory");
+    page.eval(&format!(
+        "location.hash = {:?}",
+        format!("#token={mallory}&room=lobby")
+    ))
+    .await;
+    // The page read it (the token leaves the address bar) and kept alice's connection ...
+    page.wait_for("the new fragment read", "!location.href.includes('token=')")
+        .await;
+    assert_eq!(
+        page.eval("window.__wsgate === window.__aliceGate").await,
+        json!(true),
+        "the page connected again on its own: {}",
+        page.eval(&format!("JSON.stringify({EVENTS})")).await
+    );
+    assert_eq!(
+        page.eval("document.querySelector('#whoami').textContent")
+            .await,
+        json!("signed in as alice")
+    );
+    // ... and asks the user to press Connect to use the new token.
+    let notice = page
+        .eval("!document.querySelector('#notice').hidden && document.querySelector('#notice').textContent")
+        .await;
+    assert!(
+        notice.as_str().is_some_and(|n| n.contains("press Connect")),
+        "{notice}"
+    );
+
+    // A reconnect asks for a token again: still alice's, not the one now in the field.
+    proxy.cut();
+    wait_for_state(&page, "reconnecting").await;
+    proxy.restore();
+    page.wait_for(
+        "a second welcome",
+        &format!("{EVENTS}.filter(e => e.event === 'welcome').length === 2"),
+    )
+    .await;
+    wait_for_state(&page, "open").await;
+    let users = page
+        .eval(&format!(
+            "{EVENTS}.filter(e => e.event === 'welcome').map(e => e.payload.user)"
+        ))
+        .await;
+    assert_eq!(users, json!(["alice", "alice"]));
+    assert_eq!(handshakes_of(&gw, "mallory", skip), 0, "{}", gw.logs());
+
+    // Connecting with the new token takes the user's click.
+    page.click("#connect").await;
+    page.wait_for(
+        "signed in as mallory after the click",
+        "document.querySelector('#whoami').textContent === 'signed in as mallory'",
+    )
+    .await;
+    drop(proxy);
+}
+
+#[tokio::test]
 async fn static_files_carry_security_headers_and_content_types() {
     let certs = Certs::new();
     let port = free_port();

@@ -2,7 +2,8 @@
  * The wsgate demo chat page, on top of the `WsGate` client.
  *
  * Open it as `https://HOST/#token=<jwt>&room=lobby` to connect at once, or
- * paste a token and press Connect. Every piece of text from the network is
+ * paste a token and press Connect. The fragment is acted on once, at load: a
+ * token that arrives in it later only fills the field (see `sessionToken`). Every piece of text from the network is
  * put into the page with `textContent`, never parsed as HTML, and the page
  * runs under a strict Content-Security-Policy (no inline script or style).
  *
@@ -68,6 +69,14 @@ const rooms = new Map();
 let activeRoom = null;
 /** @type {WsGate | null} */
 let gate = null;
+/**
+ * The token the connection uses for every reconnect and refresh: the field's
+ * value when the connection was made, then whatever the user types or pastes
+ * there. Never a token that a later `#token=` put in the field: whoever can
+ * navigate this tab (an opener, a link) could otherwise sign the page in to
+ * their own account, and the user would chat as them (login CSRF).
+ */
+let sessionToken = "";
 let countdownTimer = 0;
 /**
  * Backoff base in ms from the fragment's optional `backoff=N` (1–60000), or
@@ -93,10 +102,11 @@ function connect() {
   clearRooms();
   hideNotice();
 
-  // getToken reads the field each time, so pasting a fresh token there is
-  // picked up by the next reconnect or token refresh.
+  // getToken is asked before every attempt and refresh, so a fresh token the
+  // user pastes into the field is picked up by the next one.
+  sessionToken = ui.token.value.trim();
   gate = new WsGate(`wss://${location.host}/ws`, {
-    getToken: () => ui.token.value.trim(),
+    getToken: () => sessionToken,
     baseMs: backoffBaseMs,
   });
   window.__wsgate = gate;
@@ -440,8 +450,12 @@ ui.sendForm.addEventListener("submit", (event) => {
   send();
 });
 ui.notice.addEventListener("click", hideNotice);
+// `input` comes from the user only, never from a script setting the value.
+ui.token.addEventListener("input", () => {
+  if (gate) sessionToken = ui.token.value.trim();
+});
 window.addEventListener("hashchange", () => {
-  if (readFragment()) connect();
+  if (readFragment()) showNotice("A token arrived in the address: press Connect to use it.");
 });
 
 renderState("closed");
