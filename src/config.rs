@@ -542,16 +542,16 @@ impl Config {
             } else {
                 "auth.hs_secret_file"
             };
-            let secret = crate::auth::hs_secret(a).map_err(ConfigError::from)?;
-            let secret = SecretValue {
+            let bytes = crate::auth::hs_secret(a).map_err(ConfigError::from)?;
+            SecretValue {
                 key,
-                value: &secret,
-                len: secret.len(),
+                value: &bytes,
+                len: bytes.len(),
                 unit: "bytes",
                 min: MIN_HS_SECRET_BYTES,
                 example: DEFAULT_HS_SECRET,
-            };
-            secret.check(exposed)?;
+            }
+            .check(exposed)?;
         }
         let api_key = &self.admin.api_key;
         SecretValue {

@@ -253,6 +253,7 @@ pub fn default_dev_hosts() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::client::danger::ServerCertVerifier as _;
 
     #[test]
     fn generated_pair_loads_and_mismatch_is_refused() {
@@ -292,7 +293,6 @@ mod tests {
         .build()
         .expect("verifier");
         let name = rustls_pki_types::ServerName::try_from(name.to_string()).expect("name");
-        use rustls::client::danger::ServerCertVerifier as _;
         verifier
             .verify_server_cert(leaf, &[], &name, &[], rustls_pki_types::UnixTime::now())
             .map(|_| ())
