@@ -318,6 +318,7 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
             cfg.limits.handshakes_per_ip_per_minute,
         )),
         conns: Arc::new(ConnectionCounter::default()),
+        handshakes_in_flight: Arc::new(ConnectionCounter::default()),
         tracker: TaskTracker::new(),
         ws_path: cfg.server.ws_path.clone(),
         static_dir: cfg.static_dir(),

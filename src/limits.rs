@@ -1,5 +1,5 @@
 //! Admission limits: per-IP handshake rate (governor, keyed), connection permits (global and
-//! per IP), and the per-connection message bucket.
+//! per IP, for sessions and for handshakes in flight), and the per-connection message bucket.
 //!
 //! Memory stays bounded under many distinct addresses: the keyed limiter is pruned on a timer
 //! (`retain_recent` + `shrink_to_fit`), IPv6 clients are keyed by their /64 (one host usually
@@ -74,7 +74,9 @@ impl HandshakeLimiter {
     }
 }
 
-/// Counts open connections, globally and per IP.
+/// Counts connections, globally and per IP. The gateway keeps two: its sessions
+/// (`max_connections`, `max_connections_per_ip`) and its connections still before `101`
+/// (`handshakes_in_flight_per_ip`).
 #[derive(Debug, Default)]
 pub struct ConnectionCounter {
     total: AtomicUsize,
@@ -209,6 +211,27 @@ mod tests {
         drop(p1);
         assert_eq!(c.total(), 1);
         assert!(c.acquire(ip, 10, 2).is_ok());
+    }
+
+    #[test]
+    fn per_ip_counts_key_ipv6_by_slash_64_and_forget_idle_addresses() {
+        let c = Arc::new(ConnectionCounter::default());
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let held = c.acquire(a, usize::MAX, 1).expect("first of the /64");
+        assert_eq!(
+            c.acquire(b, usize::MAX, 1).unwrap_err(),
+            CapacityRefusal::PerIp
+        );
+        let _o = c.acquire(other, usize::MAX, 1).expect("another /64");
+        drop(held);
+        assert_eq!(
+            c.per_ip.lock().unwrap().len(),
+            1,
+            "only addresses holding some"
+        );
+        assert!(c.acquire(b, usize::MAX, 1).is_ok());
     }
 
     #[test]

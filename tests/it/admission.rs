@@ -1,0 +1,119 @@
+//! Admission before a session exists (CONTRACT §2 `limits`, §3): connections still before
+//! `101` per address (`handshakes_in_flight_per_ip`), sessions per user
+//! (`max_connections_per_user`), and the per-IP handshake rate across a reload.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::hub::metrics_text;
+use crate::support::{Gateway, WAIT};
+
+/// `limits.handshakes_in_flight_per_ip` by default.
+const IN_FLIGHT_PER_IP: usize = 16;
+const OTHER_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+/// The ClientHello a real TLS client sends first.
+fn client_hello() -> Vec<u8> {
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).expect("client");
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).expect("hello");
+    hello
+}
+
+/// Sends a whole ClientHello from 127.0.0.1; returns what came back before the server closed
+/// the connection (which it must do within [`WAIT`]).
+async fn reply_to_hello(addr: SocketAddr, hello: &[u8]) -> Vec<u8> {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    // The server may already have closed it: a failed write shows in the read below.
+    let _ = tcp.write_all(hello).await;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(WAIT, tcp.read(&mut buf)).await {
+            Err(_) => panic!("still open after {WAIT:?}; got {} bytes", reply.len()),
+            Ok(Ok(0)) | Ok(Err(_)) => return reply,
+            Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The count of handshakes with `result` (summed over any further labels).
+async fn handshakes_with_result(gw: &Gateway, result: &str) -> f64 {
+    let label = format!("result=\"{result}\"");
+    metrics_text(gw)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("wsgate_handshakes_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn stalled_handshakes_of_one_address_are_capped_and_keep_no_one_else_out() {
+    let gw = Gateway::start_with(|s| {
+        // Nothing stalled times out during the test: they end when the test closes them.
+        s.set("server", "handshake_timeout", json!("60s")).set(
+            "log",
+            "level",
+            json!("info,wsgate=debug"),
+        );
+    })
+    .await;
+    let hello = client_hello();
+    // A slowloris from 127.0.0.1: half of them silent, half stopped halfway through a hello.
+    let mut stalled = Vec::new();
+    for i in 0..IN_FLIGHT_PER_IP {
+        let mut tcp = TcpStream::connect(gw.addr).await.expect("connect");
+        if i % 2 == 1 {
+            tcp.write_all(&hello[..hello.len() / 2])
+                .await
+                .expect("half a hello");
+        }
+        stalled.push(tcp);
+    }
+
+    // (a) One more from 127.0.0.1 is closed at accept: no ServerHello, nothing at all.
+    let skip = gw.log_len();
+    let reply = reply_to_hello(gw.addr, &hello).await;
+    assert!(reply.is_empty(), "answered: {reply:02x?}");
+    let line = gw
+        .wait_log_after("\"reason\":\"handshakes_in_flight_per_ip\"", skip)
+        .await;
+    assert!(line.contains("\"result\":\"refused\""), "{line}");
+    assert_eq!(handshakes_with_result(&gw, "too_many_in_flight").await, 1.0);
+
+    // (b) Meanwhile another address completes a WebSocket handshake and is served.
+    let mut fair = gw.connect_from(OTHER_CLIENT, "fair").await;
+    fair.join("lobby").await;
+    // The stalled ones still held 127.0.0.1's limit all along.
+    assert!(reply_to_hello(gw.addr, &hello).await.is_empty());
+
+    // (c) Once they are gone, 127.0.0.1 is served again; sessions past 101 are no longer in
+    // flight, so it may keep more of them open than the limit.
+    let skip = gw.log_len();
+    drop(stalled);
+    let half = IN_FLIGHT_PER_IP / 2;
+    gw.wait_log_count("ended before sending anything", skip, half)
+        .await;
+    gw.wait_log_count("\"reason\":\"tls_error\"", skip, half)
+        .await;
+    let mut sessions = Vec::new();
+    for i in 0..=IN_FLIGHT_PER_IP {
+        sessions.push(gw.connect(&format!("user{i}")).await);
+    }
+    sessions[0].join("lobby").await;
+    assert_eq!(handshakes_with_result(&gw, "too_many_in_flight").await, 2.0);
+}
