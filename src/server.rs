@@ -235,6 +235,7 @@ impl Server {
             live: &live,
             rate: &rate,
             conns: &self.conns,
+            hub: &self.shared.hub,
         };
         let metrics = &self.shared.metrics;
         let admitted = match handshake::check(&req, peer.ip(), &gate) {
@@ -285,6 +286,7 @@ impl Server {
             identity: admitted.identity,
             peer,
             permit: admitted.permit,
+            place: admitted.place,
         };
         self.tracker.spawn(async move {
             let upgraded = match upgrade.await {

@@ -5,13 +5,15 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use futures_util::future::join_all;
 use rustls::pki_types::ServerName;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite;
 
-use crate::hub::metrics_text;
-use crate::support::{Gateway, WAIT};
+use crate::hub::{connect_origin, metrics_text};
+use crate::support::{sign_hs, Closed, Gateway, ORIGIN, WAIT};
 
 /// `limits.handshakes_in_flight_per_ip` by default.
 const IN_FLIGHT_PER_IP: usize = 16;
@@ -116,4 +118,99 @@ async fn stalled_handshakes_of_one_address_are_capped_and_keep_no_one_else_out()
     }
     sessions[0].join("lobby").await;
     assert_eq!(handshakes_with_result(&gw, "too_many_in_flight").await, 2.0);
+}
+
+/// A gateway allowing each user `per_user` sessions.
+async fn per_user_gateway(per_user: usize) -> Gateway {
+    Gateway::start_with(|s| {
+        s.set("limits", "max_connections_per_user", json!(per_user));
+    })
+    .await
+}
+
+/// The status a handshake of `token` with Origin `origin` is refused with.
+async fn refusal(gw: &Gateway, origin: &str, token: &str) -> (u16, String) {
+    match connect_origin(gw, origin, token).await {
+        Ok(_) => panic!("handshake accepted"),
+        Err(refused) => refused,
+    }
+}
+
+#[tokio::test]
+async fn a_user_past_max_connections_per_user_gets_503_checked_last() {
+    let gw = per_user_gateway(2).await;
+    let first = gw.connect("alice").await;
+    let mut second = gw.connect("alice").await;
+    let token = gw.token("alice");
+
+    // The cap is the last check: a bad Origin or token answers first.
+    assert_eq!(refusal(&gw, "https://evil.test", &token).await.0, 403);
+    let forged = sign_hs(
+        "another-secret-0123456789",
+        "HS256",
+        json!({"sub": "alice", "exp": wsgate::auth::unix_now() + 60}),
+    );
+    assert_eq!(refusal(&gw, ORIGIN, &forged).await.0, 401);
+
+    let skip = gw.log_len();
+    let (status, body) = refusal(&gw, ORIGIN, &token).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("too many connections for this user"),
+        "{body}"
+    );
+    assert!(!body.contains(&token));
+    let line = gw
+        .wait_log_after("\"reason\":\"max_connections_per_user\"", skip)
+        .await;
+    assert!(line.contains("\"status\":503"), "{line}");
+    assert_eq!(handshakes_with_result(&gw, "too_many_for_user").await, 1.0);
+
+    // Other users are not affected, and the open sessions work.
+    let mut bob = gw.connect("bob").await;
+    second.join("lobby").await;
+
+    // Closing one session frees its place.
+    first.close_and_wait_gone().await;
+    let mut third = gw.connect("alice").await;
+    assert_eq!(refusal(&gw, ORIGIN, &token).await.0, 503);
+
+    // The admin API still closes every session of the user, and only those.
+    let (status, closed) = gw
+        .api("POST", "/api/disconnect", Some(json!({"user": "alice"})))
+        .await;
+    assert_eq!((status, closed), (200, json!({"closed": 2})));
+    assert_eq!(second.closed().await, Closed::Code(4003));
+    assert_eq!(third.closed().await, Closed::Code(4003));
+    bob.join("lobby").await;
+    // Their places are free again.
+    let _again = [gw.connect("alice").await, gw.connect("alice").await];
+}
+
+#[tokio::test]
+async fn concurrent_handshakes_of_one_user_never_share_the_last_place() {
+    let gw = per_user_gateway(3).await;
+    let _open = [gw.connect("alice").await, gw.connect("alice").await];
+    let token = gw.token("alice");
+    // TLS first, so that the eight upgrade requests leave at once.
+    let streams = join_all((0..8).map(|_| gw.tls())).await;
+    let attempts = join_all(streams.into_iter().map(|tls| {
+        let mut req = gw.request();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("wsgate.v1, bearer.{token}").parse().unwrap(),
+        );
+        tokio_tungstenite::client_async(req, tls)
+    }))
+    .await;
+    let mut statuses: Vec<u16> = attempts
+        .iter()
+        .map(|a| match a {
+            Ok((_, resp)) => resp.status().as_u16(),
+            Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("handshake failed without a status: {e}"),
+        })
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [101, 503, 503, 503, 503, 503, 503, 503]);
 }
