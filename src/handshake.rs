@@ -1,6 +1,6 @@
 //! The ordered pre-`101` checks of CONTRACT §3: per-IP handshake rate → capacity → upgrade
-//! validity → Origin → token → per-user cap. The first that fails answers with its status; nothing about the
-//! token is ever echoed or logged.
+//! validity → Origin → token → per-user cap. The first that fails answers with its status;
+//! nothing about the token is ever echoed or logged.
 
 use std::net::IpAddr;
 use std::time::Duration;

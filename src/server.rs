@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -72,7 +71,7 @@ pub struct Server {
     pub shared: Arc<Shared>,
     pub cert: Arc<ReloadableCert>,
     pub acceptor: TlsAcceptor,
-    pub rate: ArcSwap<HandshakeLimiter>,
+    pub rate: HandshakeLimiter,
     pub conns: Arc<ConnectionCounter>,
     /// Connections per client address before `101` (TLS, HTTP), for
     /// `limits.handshakes_in_flight_per_ip`.
@@ -230,10 +229,9 @@ impl Server {
 
     fn websocket(self: &Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let live = self.shared.live.load_full();
-        let rate = self.rate.load();
         let gate = Gate {
             live: &live,
-            rate: &rate,
+            rate: &self.rate,
             conns: &self.conns,
             hub: &self.shared.hub,
         };

@@ -214,3 +214,31 @@ async fn concurrent_handshakes_of_one_user_never_share_the_last_place() {
     statuses.sort_unstable();
     assert_eq!(statuses, [101, 503, 503, 503, 503, 503, 503, 503]);
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_handshake_rate_hands_out_no_fresh_budget() {
+    let gw = Gateway::start_with(|s| {
+        s.set("limits", "handshakes_per_ip_per_minute", json!(2));
+    })
+    .await;
+    // Refused attempts count too.
+    gw.refused(gw.request(), 401).await;
+    gw.refused(gw.request(), 401).await;
+    let token = gw.token("alice");
+    assert_eq!(refusal(&gw, ORIGIN, &token).await.0, 429);
+
+    let mut next = gw.settings.clone();
+    next.set("limits", "handshakes_per_ip_per_minute", json!(3));
+    std::fs::write(&gw.config_path, next.toml()).expect("write config");
+    let line = gw.sighup("configuration reloaded").await;
+    assert!(line.contains("limits"), "{line}");
+
+    let (status, body) = refusal(&gw, ORIGIN, &token).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("retry-after="), "{body}");
+    // Other addresses have their own budget, under the new quota too.
+    gw.connect_from(OTHER_CLIENT, "bob")
+        .await
+        .join("lobby")
+        .await;
+}
