@@ -12,7 +12,7 @@
 //! recovering member, and `joined.members` is taken when it goes live, so presence never
 //! precedes `joined` and the two always add up to the room's members.
 //!
-//! Sessions are registered by user in one map, [`SessionsByUser`]: a session's place is taken
+//! Sessions are registered by user in one map, `SessionsByUser`: a session's place is taken
 //! at its handshake ([`Hub::admit`], which enforces `limits.max_connections_per_user` and
 //! reserves in the same step) and holds its handle once it runs. The admin API's disconnect
 //! reads the same map, and removing a session is O(1).

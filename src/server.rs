@@ -209,10 +209,15 @@ impl Server {
             .max_buf_size(64 * 1024)
             .serve_connection(TokioIo::new(tls), svc)
             .with_upgrades();
-        match timeout_at(deadline, conn).await {
-            Ok(r) => r.map_err(EarlyEnd::Http),
+        let ended = timeout_at(deadline, conn).await;
+        let answered = answered.load(Ordering::Relaxed);
+        match ended {
+            Ok(Ok(())) => Ok(()),
+            // hyper's header timeout is the same limit as ours, and may fire first.
+            Ok(Err(e)) if e.is_timeout() && !answered => Err(EarlyEnd::Timeout),
+            Ok(Err(e)) => Err(EarlyEnd::Http(e)),
             // A connection that was answered (static files) just ran out of time.
-            Err(_) if answered.load(Ordering::Relaxed) => Ok(()),
+            Err(_) if answered => Ok(()),
             Err(_) => Err(EarlyEnd::Timeout),
         }
     }
