@@ -128,7 +128,7 @@ async fn per_user_gateway(per_user: usize) -> Gateway {
     .await
 }
 
-/// The status a handshake of `token` with Origin `origin` is refused with.
+/// The status and body a handshake of `token` with Origin `origin` is refused with.
 async fn refusal(gw: &Gateway, origin: &str, token: &str) -> (u16, String) {
     match connect_origin(gw, origin, token).await {
         Ok(_) => panic!("handshake accepted"),
