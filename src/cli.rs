@@ -320,10 +320,9 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
         shared: shared.clone(),
         cert,
         acceptor,
-        rate: ArcSwap::from_pointee(HandshakeLimiter::new(
-            cfg.limits.handshakes_per_ip_per_minute,
-        )),
+        rate: HandshakeLimiter::new(cfg.limits.handshakes_per_ip_per_minute),
         conns: Arc::new(ConnectionCounter::default()),
+        handshakes_in_flight: Arc::new(ConnectionCounter::default()),
         tracker: TaskTracker::new(),
         ws_path: cfg.server.ws_path.clone(),
         static_dir: cfg.static_dir(),
@@ -378,7 +377,7 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
                 server.shared.hub.sweep(std::time::Instant::now());
                 n += 1;
                 if n % 30 == 0 {
-                    server.rate.load().prune();
+                    server.rate.prune();
                 }
             }
         })
@@ -469,11 +468,10 @@ fn reload(running: &Running) {
     if current.limits != next.limits {
         applied.push("limits");
     }
-    if current.limits.handshakes_per_ip_per_minute != next.limits.handshakes_per_ip_per_minute {
-        server.rate.store(Arc::new(HandshakeLimiter::new(
-            next.limits.handshakes_per_ip_per_minute,
-        )));
-    }
+    // Every address keeps what it has used: a reload never hands out fresh budgets.
+    server
+        .rate
+        .set_per_minute(next.limits.handshakes_per_ip_per_minute);
     if current.rooms != next.rooms {
         applied.push("rooms");
         running.broker.set_history(HistorySettings {

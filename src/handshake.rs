@@ -1,6 +1,6 @@
 //! The ordered pre-`101` checks of CONTRACT §3: per-IP handshake rate → capacity → upgrade
-//! validity → Origin → token. The first that fails answers with its status; nothing about the
-//! token is ever echoed or logged.
+//! validity → Origin → token → per-user cap. The first that fails answers with its status;
+//! nothing about the token is ever echoed or logged.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 
 use crate::auth::{AuthError, Identity};
+use crate::hub::{Hub, SessionPlace, UserAtCap};
 use crate::limits::{CapacityRefusal, ConnPermit, ConnectionCounter, HandshakeLimiter};
 use crate::live::Live;
 use crate::metrics::HandshakeResult;
@@ -28,6 +29,8 @@ pub enum Refusal {
     Full,
     #[error("too many connections from this address")]
     FullForIp,
+    #[error("too many connections for this user")]
+    FullForUser,
     #[error("{0}")]
     UpgradeRequired(&'static str),
     #[error("{0}")]
@@ -44,7 +47,9 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::Full | Refusal::FullForIp => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Full | Refusal::FullForIp | Refusal::FullForUser => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Refusal::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             Refusal::BadUpgrade(_) => StatusCode::BAD_REQUEST,
             Refusal::OriginMissing | Refusal::OriginNotAllowed => StatusCode::FORBIDDEN,
@@ -56,6 +61,7 @@ impl Refusal {
         match self {
             Refusal::RateLimited { .. } => HandshakeResult::RateLimited,
             Refusal::Full | Refusal::FullForIp => HandshakeResult::Overloaded,
+            Refusal::FullForUser => HandshakeResult::TooManyForUser,
             Refusal::UpgradeRequired(_) | Refusal::BadUpgrade(_) => HandshakeResult::BadRequest,
             Refusal::OriginMissing | Refusal::OriginNotAllowed => HandshakeResult::BadOrigin,
             Refusal::Token(_) => HandshakeResult::BadToken,
@@ -68,6 +74,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::Full => "max_connections",
             Refusal::FullForIp => "max_connections_per_ip",
+            Refusal::FullForUser => "max_connections_per_user",
             Refusal::UpgradeRequired(_) => "not_an_upgrade",
             Refusal::BadUpgrade(_) => "bad_upgrade",
             Refusal::OriginMissing => "origin_missing",
@@ -81,6 +88,8 @@ impl Refusal {
 pub struct Admitted {
     pub identity: Identity,
     pub permit: ConnPermit,
+    /// The session's place among its user's sessions on this node.
+    pub place: SessionPlace,
     /// `Sec-WebSocket-Accept` value.
     pub accept_key: String,
     /// Whether the client offered `wsgate.v1` (then the answer names it).
@@ -92,6 +101,8 @@ pub struct Gate<'a> {
     pub live: &'a Live,
     pub rate: &'a HandshakeLimiter,
     pub conns: &'a std::sync::Arc<ConnectionCounter>,
+    /// Holds the sessions per user, for `limits.max_connections_per_user`.
+    pub hub: &'a std::sync::Arc<Hub>,
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &header::HeaderName) -> Option<&'h str> {
@@ -164,9 +175,14 @@ pub fn check<B>(req: &Request<B>, ip: IpAddr, gate: &Gate<'_>) -> Result<Admitte
         return Err(Refusal::BadUpgrade("offer the wsgate.v1 subprotocol"));
     }
     let identity = gate.live.verifier.verify(token).map_err(Refusal::Token)?;
+    let place = gate
+        .hub
+        .admit(&identity.user, limits.max_connections_per_user)
+        .map_err(|UserAtCap| Refusal::FullForUser)?;
     Ok(Admitted {
         identity,
         permit,
+        place,
         accept_key: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
         subprotocol,
     })

@@ -12,6 +12,11 @@
 //! recovering member, and `joined.members` is taken when it goes live, so presence never
 //! precedes `joined` and the two always add up to the room's members.
 //!
+//! Sessions are registered by user in one map, `SessionsByUser`: a session's place is taken
+//! at its handshake ([`Hub::admit`], which enforces `limits.max_connections_per_user` and
+//! reserves in the same step) and holds its handle once it runs. The admin API's disconnect
+//! reads the same map, and removing a session is O(1).
+//!
 //! Locks: the room map, then one room; never across an await, never while calling the broker.
 
 use std::collections::HashMap;
@@ -134,10 +139,42 @@ pub enum JoinError {
     AlreadyJoined,
 }
 
+/// Every session on this node by user, from its handshake on: the count
+/// `limits.max_connections_per_user` caps, and the handles the admin API's disconnect closes.
+/// A place is `None` from the handshake that took it until its session registers.
+type SessionsByUser = HashMap<Arc<str>, HashMap<SessionId, Option<SessionHandle>>>;
+
+/// The user already has `limits.max_connections_per_user` sessions (or handshakes about to
+/// become sessions) on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserAtCap;
+
+/// A session's place among its user's sessions, taken at the handshake. Dropping it frees
+/// the place (and forgets the session, had it registered and not yet unregistered): a
+/// handshake that never becomes a session gives its place back.
+pub struct SessionPlace {
+    hub: Arc<Hub>,
+    user: Arc<str>,
+    id: SessionId,
+}
+
+impl SessionPlace {
+    /// The id of the session this place is for.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+}
+
+impl Drop for SessionPlace {
+    fn drop(&mut self) {
+        self.hub.remove_session(&self.user, self.id);
+    }
+}
+
 pub struct Hub {
     rooms: RwLock<HashMap<RoomName, Arc<Mutex<Room>>>>,
     broker: Arc<dyn Broker>,
-    sessions: Mutex<HashMap<Arc<str>, Vec<SessionHandle>>>,
+    sessions_by_user: Mutex<SessionsByUser>,
     next_session: AtomicU64,
     /// Most publications buffered for one recovering member before it counts as slow.
     recovery_buffer: std::sync::atomic::AtomicUsize,
@@ -159,7 +196,7 @@ impl Hub {
         let hub = Arc::new(Hub {
             rooms: RwLock::new(HashMap::new()),
             broker,
-            sessions: Mutex::new(HashMap::new()),
+            sessions_by_user: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             recovery_buffer: std::sync::atomic::AtomicUsize::new(send_queue),
             presence_limit: std::sync::atomic::AtomicUsize::new(DEFAULT_PRESENCE_LIMIT),
@@ -190,36 +227,81 @@ impl Hub {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Makes a session known (for the admin API and the connection gauge).
-    pub fn register(&self, handle: &SessionHandle) {
-        lock(&self.sessions)
-            .entry(handle.user.clone())
-            .or_default()
-            .push(handle.clone());
-        self.metrics.connections.inc();
+    /// Takes a place for a new session of `user`, unless the user already has `max` places
+    /// on this node. Checked and taken under one lock: concurrent handshakes of one user never
+    /// share the last place.
+    pub fn admit(self: &Arc<Self>, user: &Arc<str>, max: usize) -> Result<SessionPlace, UserAtCap> {
+        let mut by_user = lock(&self.sessions_by_user);
+        let places = by_user.entry(user.clone()).or_default();
+        if places.len() >= max {
+            if places.is_empty() {
+                by_user.remove(user);
+            }
+            return Err(UserAtCap);
+        }
+        let id = self.next_session_id();
+        places.insert(id, None);
+        Ok(SessionPlace {
+            hub: self.clone(),
+            user: user.clone(),
+            id,
+        })
     }
 
-    pub fn unregister(&self, handle: &SessionHandle) {
-        let mut sessions = lock(&self.sessions);
-        if let Some(list) = sessions.get_mut(&handle.user) {
-            list.retain(|h| h.id != handle.id);
-            if list.is_empty() {
-                sessions.remove(&handle.user);
-            }
+    /// Makes a session known (for the admin API and the connection gauge) in the place its
+    /// handshake took; `handle.id` is the place's id.
+    pub fn register(&self, place: &SessionPlace, handle: &SessionHandle) {
+        debug_assert_eq!(place.id, handle.id);
+        let mut by_user = lock(&self.sessions_by_user);
+        let entry = by_user
+            .entry(place.user.clone())
+            .or_default()
+            .entry(place.id)
+            .or_default();
+        if entry.replace(handle.clone()).is_none() {
+            self.metrics.connections.inc();
         }
-        self.metrics.connections.dec();
+    }
+
+    /// Forgets a session as soon as it stops serving; its place is free for the user's next
+    /// handshake.
+    pub fn unregister(&self, handle: &SessionHandle) {
+        self.remove_session(&handle.user, handle.id);
+    }
+
+    /// Frees the place `id` of `user`, if it is still taken.
+    fn remove_session(&self, user: &Arc<str>, id: SessionId) {
+        let mut by_user = lock(&self.sessions_by_user);
+        let Some(places) = by_user.get_mut(user) else {
+            return;
+        };
+        if let Some(Some(_)) = places.remove(&id) {
+            self.metrics.connections.dec();
+        }
+        if places.is_empty() {
+            by_user.remove(user);
+        }
     }
 
     /// Closes every session of `user` with `code`; returns how many.
     pub fn disconnect_user(&self, user: &str, code: u16) -> usize {
-        let sessions = lock(&self.sessions);
-        sessions
-            .get(user)
-            .map_or(0, |list| list.iter().filter(|h| h.ctl.close(code)).count())
+        let by_user = lock(&self.sessions_by_user);
+        by_user.get(user).map_or(0, |places| {
+            places
+                .values()
+                .flatten()
+                .filter(|h| h.ctl.close(code))
+                .count()
+        })
     }
 
+    /// Sessions registered on this node.
     pub fn session_count(&self) -> usize {
-        lock(&self.sessions).values().map(Vec::len).sum()
+        lock(&self.sessions_by_user)
+            .values()
+            .flat_map(HashMap::values)
+            .flatten()
+            .count()
     }
 
     fn read_rooms(&self) -> std::sync::RwLockReadGuard<'_, HashMap<RoomName, Arc<Mutex<Room>>>> {
@@ -473,5 +555,110 @@ impl BrokerHandler for Hub {
         if p.pending.fetch_sub(not_sent, Ordering::AcqRel) == not_sent {
             self.metrics.fanout_done(p.accepted);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{HistorySettings, MemoryBroker};
+
+    fn hub() -> Arc<Hub> {
+        let broker = Arc::new(MemoryBroker::new(HistorySettings {
+            size: 10,
+            ttl: std::time::Duration::from_secs(60),
+        }));
+        Hub::new(broker, Arc::new(Metrics::new()), 16)
+    }
+
+    /// A session registered in `place`.
+    fn session(hub: &Hub, place: &SessionPlace, user: &Arc<str>) -> SessionHandle {
+        let (tx, _rx) = mpsc::channel(4);
+        let handle = SessionHandle {
+            id: place.id(),
+            user: user.clone(),
+            tx,
+            ctl: Arc::new(SessionCtl::new(CancellationToken::new())),
+        };
+        hub.register(place, &handle);
+        handle
+    }
+
+    #[test]
+    fn places_per_user_are_capped_and_freed_by_unregister_or_drop() {
+        let hub = hub();
+        let alice: Arc<str> = Arc::from("alice");
+        let bob: Arc<str> = Arc::from("bob");
+        let first = hub.admit(&alice, 2).expect("first");
+        let second = hub.admit(&alice, 2).expect("second (not yet a session)");
+        assert_eq!(hub.admit(&alice, 2).err(), Some(UserAtCap));
+        let _bob = hub.admit(&bob, 2).expect("another user");
+        let a1 = session(&hub, &first, &alice);
+        assert_eq!(hub.session_count(), 1);
+        assert_eq!(hub.metrics.connections.get(), 1);
+
+        // A handshake that never became a session gives its place back.
+        drop(second);
+        let third = hub.admit(&alice, 2).expect("the freed place");
+        // A session frees its place when it unregisters, before its place is dropped.
+        hub.unregister(&a1);
+        assert_eq!(hub.session_count(), 0);
+        assert_eq!(hub.metrics.connections.get(), 0);
+        let fourth = hub
+            .admit(&alice, 2)
+            .expect("the unregistered session's place");
+        drop(first); // after unregister: nothing left to free
+        assert_eq!(hub.admit(&alice, 2).err(), Some(UserAtCap));
+        drop((third, fourth));
+        assert!(
+            !lock(&hub.sessions_by_user).contains_key(&alice),
+            "a user without places is forgotten"
+        );
+    }
+
+    #[test]
+    fn concurrent_handshakes_of_one_user_never_share_the_last_place() {
+        let hub = hub();
+        let alice: Arc<str> = Arc::from("alice");
+        let _held: Vec<SessionPlace> = (0..4).map(|_| hub.admit(&alice, 5).unwrap()).collect();
+        let barrier = std::sync::Barrier::new(8);
+        let won: Vec<SessionPlace> = std::thread::scope(|s| {
+            let tries: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        hub.admit(&alice, 5).ok()
+                    })
+                })
+                .collect();
+            tries
+                .into_iter()
+                .filter_map(|t| t.join().expect("thread"))
+                .collect()
+        });
+        assert_eq!(won.len(), 1);
+    }
+
+    #[test]
+    fn disconnect_closes_every_registered_session_of_the_user_once() {
+        let hub = hub();
+        let alice: Arc<str> = Arc::from("alice");
+        let bob: Arc<str> = Arc::from("bob");
+        let places: Vec<SessionPlace> = (0..3).map(|_| hub.admit(&alice, 9).unwrap()).collect();
+        let handles: Vec<SessionHandle> = places[..2]
+            .iter()
+            .map(|p| session(&hub, p, &alice))
+            .collect();
+        let bob_place = hub.admit(&bob, 9).unwrap();
+        let bob_handle = session(&hub, &bob_place, &bob);
+        assert_eq!(hub.disconnect_user("alice", close::KICKED), 2);
+        assert!(handles.iter().all(|h| h.ctl.code() == close::KICKED));
+        assert!(!bob_handle.ctl.token().is_cancelled());
+        assert_eq!(
+            hub.disconnect_user("alice", close::KICKED),
+            0,
+            "already closing"
+        );
+        assert_eq!(hub.disconnect_user("nobody", close::KICKED), 0);
     }
 }

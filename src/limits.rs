@@ -1,5 +1,5 @@
 //! Admission limits: per-IP handshake rate (governor, keyed), connection permits (global and
-//! per IP), and the per-connection message bucket.
+//! per IP, for sessions and for handshakes in flight), and the per-connection message bucket.
 //!
 //! Memory stays bounded under many distinct addresses: the keyed limiter is pruned on a timer
 //! (`retain_recent` + `shrink_to_fit`), IPv6 clients are keyed by their /64 (one host usually
@@ -10,10 +10,12 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
 use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
@@ -36,45 +38,122 @@ fn nonzero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
-type KeyedLimiter = RateLimiter<IpAddr, DashMapStateStore<IpAddr>, MonotonicClock>;
+type KeyedLimiter<C> =
+    RateLimiter<IpAddr, DashMapStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// Per-IP handshake rate limiting (every attempt counts, refused ones included).
-pub struct HandshakeLimiter {
-    limiter: KeyedLimiter,
-    clock: MonotonicClock,
+///
+/// A reload may change the quota, which governor cannot do in place, and a new limiter alone
+/// would hand every address a full budget. So the limiter a quota change replaces stays in
+/// force beside the new one until it would have refilled completely (one quota period): an
+/// attempt must pass both. An address over its rate stays refused across a reload, and the new
+/// quota applies alone one period later.
+pub struct HandshakeLimiter<C: Clock = MonotonicClock> {
+    limiters: RwLock<QuotaLimiters<C>>,
+    clock: C,
+}
+
+/// The limiter of the configured quota, and those it replaced that may still refuse.
+struct QuotaLimiters<C: Clock> {
+    quota: Quota,
+    current: KeyedLimiter<C>,
+    /// Replaced limiters, each with the time it would have refilled by.
+    replaced: Vec<(C::Instant, KeyedLimiter<C>)>,
+}
+
+impl<C: Clock> QuotaLimiters<C> {
+    /// The limiters an attempt at `now` must pass.
+    fn in_force(&self, now: C::Instant) -> impl Iterator<Item = &KeyedLimiter<C>> {
+        let replaced = self.replaced.iter();
+        std::iter::once(&self.current).chain(
+            replaced
+                .filter(move |(refilled_at, _)| *refilled_at > now)
+                .map(|(_, l)| l),
+        )
+    }
+}
+
+fn per_minute_quota(per_minute: u32) -> Quota {
+    Quota::per_minute(nonzero(per_minute))
 }
 
 impl HandshakeLimiter {
     pub fn new(per_minute: u32) -> Self {
-        let clock = MonotonicClock;
+        Self::with_clock(per_minute, MonotonicClock)
+    }
+}
+
+impl<C: Clock + Clone> HandshakeLimiter<C> {
+    pub fn with_clock(per_minute: u32, clock: C) -> Self {
+        let quota = per_minute_quota(per_minute);
         HandshakeLimiter {
-            limiter: RateLimiter::dashmap_with_clock(
-                Quota::per_minute(nonzero(per_minute)),
-                clock.clone(),
-            ),
+            limiters: RwLock::new(QuotaLimiters {
+                quota,
+                current: RateLimiter::dashmap_with_clock(quota, clock.clone()),
+                replaced: Vec::new(),
+            }),
             clock,
         }
     }
 
     /// `Err(retry_after)` when `ip` is over its rate.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        self.limiter
-            .check_key(&ip_key(ip))
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        let key = ip_key(ip);
+        let now = self.clock.now();
+        let limiters = self.limiters.read().unwrap_or_else(|p| p.into_inner());
+        let mut retry_after = None;
+        for limiter in limiters.in_force(now) {
+            if let Err(not_until) = limiter.check_key(&key) {
+                retry_after = retry_after.max(Some(not_until.wait_time_from(now)));
+            }
+        }
+        retry_after.map_or(Ok(()), Err)
     }
 
-    /// Forgets addresses whose bucket is full again; call on a timer.
+    /// Applies `limits.handshakes_per_ip_per_minute` from a reload; the same value changes
+    /// nothing.
+    pub fn set_per_minute(&self, per_minute: u32) {
+        let quota = per_minute_quota(per_minute);
+        let mut limiters = self.limiters.write().unwrap_or_else(|p| p.into_inner());
+        if limiters.quota == quota {
+            return;
+        }
+        let refilled_at =
+            self.clock.now() + Nanos::from(limiters.quota.burst_size_replenished_in());
+        let old = std::mem::replace(
+            &mut limiters.current,
+            RateLimiter::dashmap_with_clock(quota, self.clock.clone()),
+        );
+        limiters.replaced.push((refilled_at, old));
+        limiters.quota = quota;
+    }
+
+    /// Drops replaced limiters that have refilled and forgets addresses whose bucket is full
+    /// again; call on a timer.
     pub fn prune(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        let now = self.clock.now();
+        self.limiters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replaced
+            .retain(|(refilled_at, _)| *refilled_at > now);
+        let limiters = self.limiters.read().unwrap_or_else(|p| p.into_inner());
+        for limiter in limiters.in_force(now) {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
     }
 
+    /// Address entries held, over all limiters in force.
     pub fn tracked(&self) -> usize {
-        self.limiter.len()
+        let limiters = self.limiters.read().unwrap_or_else(|p| p.into_inner());
+        limiters.in_force(self.clock.now()).map(|l| l.len()).sum()
     }
 }
 
-/// Counts open connections, globally and per IP.
+/// Counts connections, globally and per IP. The gateway keeps two: its sessions
+/// (`max_connections`, `max_connections_per_ip`) and its connections still before `101`
+/// (`handshakes_in_flight_per_ip`).
 #[derive(Debug, Default)]
 pub struct ConnectionCounter {
     total: AtomicUsize,
@@ -187,6 +266,35 @@ mod tests {
     }
 
     #[test]
+    fn a_quota_change_keeps_what_addresses_used_until_the_old_quota_refills() {
+        let clock = governor::clock::FakeRelativeClock::default();
+        let l = HandshakeLimiter::with_clock(2, clock.clone());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(l.check(a).is_ok() && l.check(a).is_ok());
+        assert!(l.check(a).is_err());
+        l.set_per_minute(2);
+        assert!(l.check(a).is_err(), "the same quota changes nothing");
+        l.set_per_minute(10);
+        let retry = l.check(a).expect_err("a reload hands out no fresh budget");
+        assert!(retry > Duration::from_secs(20) && retry <= Duration::from_secs(30));
+        assert!(l.check(b).is_ok(), "other addresses are unaffected");
+        // Half a minute on, the old quota has refilled one attempt.
+        clock.advance(Duration::from_secs(30));
+        assert!(l.check(a).is_ok());
+        assert!(l.check(a).is_err());
+        // A whole old period after the change, the old limiter is gone and the new quota
+        // applies alone.
+        clock.advance(Duration::from_secs(30));
+        l.prune();
+        assert_eq!(l.tracked(), 0, "every bucket is full again: nothing kept");
+        for _ in 0..10 {
+            assert!(l.check(a).is_ok());
+        }
+        assert!(l.check(a).is_err());
+    }
+
+    #[test]
     fn ipv6_clients_share_their_slash_64() {
         let x: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let y: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
@@ -209,6 +317,27 @@ mod tests {
         drop(p1);
         assert_eq!(c.total(), 1);
         assert!(c.acquire(ip, 10, 2).is_ok());
+    }
+
+    #[test]
+    fn per_ip_counts_key_ipv6_by_slash_64_and_forget_idle_addresses() {
+        let c = Arc::new(ConnectionCounter::default());
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let held = c.acquire(a, usize::MAX, 1).expect("first of the /64");
+        assert_eq!(
+            c.acquire(b, usize::MAX, 1).unwrap_err(),
+            CapacityRefusal::PerIp
+        );
+        let _o = c.acquire(other, usize::MAX, 1).expect("another /64");
+        drop(held);
+        assert_eq!(
+            c.per_ip.lock().unwrap().len(),
+            1,
+            "only addresses holding some"
+        );
+        assert!(c.acquire(b, usize::MAX, 1).is_ok());
     }
 
     #[test]

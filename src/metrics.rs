@@ -25,10 +25,15 @@ pub enum HandshakeResult {
     Timeout,
     TlsError,
     BadRequest,
+    /// Closed at accept: its address already had `limits.handshakes_in_flight_per_ip`
+    /// connections before `101`.
+    TooManyInFlight,
+    /// 503: the token's user already had `limits.max_connections_per_user` sessions here.
+    TooManyForUser,
 }
 
 impl HandshakeResult {
-    const ALL: [HandshakeResult; 8] = [
+    const ALL: [HandshakeResult; 10] = [
         HandshakeResult::Ok,
         HandshakeResult::BadOrigin,
         HandshakeResult::BadToken,
@@ -37,6 +42,8 @@ impl HandshakeResult {
         HandshakeResult::Timeout,
         HandshakeResult::TlsError,
         HandshakeResult::BadRequest,
+        HandshakeResult::TooManyInFlight,
+        HandshakeResult::TooManyForUser,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -49,6 +56,8 @@ impl HandshakeResult {
             HandshakeResult::Timeout => "timeout",
             HandshakeResult::TlsError => "tls_error",
             HandshakeResult::BadRequest => "bad_request",
+            HandshakeResult::TooManyInFlight => "too_many_in_flight",
+            HandshakeResult::TooManyForUser => "too_many_for_user",
         }
     }
 }

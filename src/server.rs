@@ -4,6 +4,11 @@
 //! `server.handshake_timeout` bounds everything from accept to `101`: a client that sends
 //! nothing, stalls in TLS or dribbles its headers is dropped when it runs out. Plain HTTP on
 //! the TLS port gets a readable `400` instead of a TLS alert.
+//!
+//! Each client address may have `limits.handshakes_in_flight_per_ip` connections before `101`
+//! at once; a further one is closed at accept, before any TLS work. Stalling clients thus
+//! cost the gateway a bounded number of sockets per address, and a slowloris from one address
+//! never keeps clients of another out.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,7 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -31,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::handshake::{self, Gate};
-use crate::limits::{ConnectionCounter, HandshakeLimiter};
+use crate::limits::{ConnPermit, ConnectionCounter, HandshakeLimiter};
 use crate::live::Shared;
 use crate::metrics::HandshakeResult;
 use crate::session::{self, Accepted};
@@ -50,13 +54,28 @@ const WS_WRITE_BUFFER: usize = 16 * 1024;
 /// Content-Security-Policy for the static files (CONTRACT §8).
 const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
+/// How a connection ended before reaching `101`.
+enum EarlyEnd {
+    /// Closed (or failed) before sending a byte: health checks, port scanners.
+    Silent,
+    /// Plain HTTP on the TLS port; answered with a readable `400`.
+    NotTls,
+    Tls(std::io::Error),
+    /// `server.handshake_timeout` ran out.
+    Timeout,
+    Http(hyper::Error),
+}
+
 /// The public listener's shared state.
 pub struct Server {
     pub shared: Arc<Shared>,
     pub cert: Arc<ReloadableCert>,
     pub acceptor: TlsAcceptor,
-    pub rate: ArcSwap<HandshakeLimiter>,
+    pub rate: HandshakeLimiter,
     pub conns: Arc<ConnectionCounter>,
+    /// Connections per client address before `101` (TLS, HTTP), for
+    /// `limits.handshakes_in_flight_per_ip`.
+    pub handshakes_in_flight: Arc<ConnectionCounter>,
     pub tracker: TaskTracker,
     pub ws_path: String,
     pub static_dir: Option<PathBuf>,
@@ -75,10 +94,18 @@ impl Server {
             };
             match accepted {
                 Ok((tcp, peer)) => {
+                    // Checked here, in accept order, before any byte is read: a client's
+                    // earlier connections are always counted before its next one is judged.
+                    // With `server.proxy_protocol` (not available yet) the client is the
+                    // header's address: this check then runs once the header is read.
+                    let Some(in_flight) = self.enter_handshake(peer) else {
+                        continue; // dropping `tcp` closes it, before any TLS
+                    };
                     let _ = tcp.set_nodelay(true);
                     let server = self.clone();
-                    self.tracker
-                        .spawn(async move { server.connection(tcp, peer).await });
+                    self.tracker.spawn(async move {
+                        server.connection(tcp, peer, in_flight).await;
+                    });
                 }
                 Err(e) => {
                     // Usually EMFILE: back off a little instead of spinning.
@@ -90,39 +117,79 @@ impl Server {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+    /// Counts a new connection of `client` as a handshake in flight, or refuses it when that
+    /// address already has `limits.handshakes_in_flight_per_ip` connections before `101`: so
+    /// connections that stall in TLS or HTTP cost one address a bounded number of sockets and
+    /// handshakes, and never keep other addresses out.
+    fn enter_handshake(&self, client: SocketAddr) -> Option<ConnPermit> {
+        let max = self.shared.live.load().limits.handshakes_in_flight_per_ip;
+        // No total here: `server.max_connections` bounds the sessions, the timeout the rest.
+        match self
+            .handshakes_in_flight
+            .acquire(client.ip(), usize::MAX, max)
+        {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                self.shared
+                    .metrics
+                    .handshake(HandshakeResult::TooManyInFlight);
+                info!(peer = %client.ip(), result = "refused", reason = "handshakes_in_flight_per_ip", "handshake");
+                None
+            }
+        }
+    }
+
+    /// One connection until `101` or its end before that. `in_flight` is given back when this
+    /// returns — at `101` the HTTP connection ends, handing the socket to the session — and
+    /// before the end is logged, so a log line never precedes the freed slot.
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, in_flight: ConnPermit) {
+        let ended = self.before_upgrade(tcp, peer).await;
+        drop(in_flight);
+        let metrics = &self.shared.metrics;
+        let peer = peer.ip();
+        match ended {
+            Ok(()) => {}
+            Err(EarlyEnd::Silent) => debug!(%peer, "connection ended before sending anything"),
+            Err(EarlyEnd::Http(e)) => debug!(%peer, error = %e, "http connection ended"),
+            Err(EarlyEnd::NotTls) => {
+                metrics.handshake(HandshakeResult::TlsError);
+                info!(%peer, result = "refused", reason = "not_tls", "handshake");
+            }
+            Err(EarlyEnd::Tls(e)) => {
+                metrics.handshake(HandshakeResult::TlsError);
+                info!(%peer, result = "refused", reason = "tls_error", error = %e, "handshake");
+            }
+            Err(EarlyEnd::Timeout) => {
+                metrics.handshake(HandshakeResult::Timeout);
+                info!(%peer, result = "refused", reason = "timeout", "handshake");
+            }
+        }
+    }
+
+    /// TLS, then HTTP until the connection ends or is upgraded, all within
+    /// `server.handshake_timeout`.
+    async fn before_upgrade(
+        self: &Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), EarlyEnd> {
         let timeout = self.shared.live.load().server.handshake_timeout;
         let deadline = Instant::now() + timeout;
-        let metrics = &self.shared.metrics;
         // TLS records start with 0x16; anything else is most likely plain HTTP.
         let mut first = [0u8; 1];
         match timeout_at(deadline, tcp.peek(&mut first)).await {
             Ok(Ok(1)) if first[0] != 0x16 => {
-                metrics.handshake(HandshakeResult::TlsError);
-                info!(peer = %peer.ip(), result = "refused", reason = "not_tls", "handshake");
                 reply_not_tls(tcp).await;
-                return;
+                return Err(EarlyEnd::NotTls);
             }
             Ok(Ok(1)) => {}
-            Ok(_) => return,
-            Err(_) => {
-                metrics.handshake(HandshakeResult::Timeout);
-                info!(peer = %peer.ip(), result = "refused", reason = "timeout", "handshake");
-                return;
-            }
+            Ok(_) => return Err(EarlyEnd::Silent),
+            Err(_) => return Err(EarlyEnd::Timeout),
         }
         let tls = match timeout_at(deadline, self.acceptor.accept(tcp)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                metrics.handshake(HandshakeResult::TlsError);
-                info!(peer = %peer.ip(), result = "refused", reason = "tls_error", error = %e, "handshake");
-                return;
-            }
-            Err(_) => {
-                metrics.handshake(HandshakeResult::Timeout);
-                info!(peer = %peer.ip(), result = "refused", reason = "timeout", "handshake");
-                return;
-            }
+            Ok(Err(e)) => return Err(EarlyEnd::Tls(e)),
+            Err(_) => return Err(EarlyEnd::Timeout),
         };
         let answered = Arc::new(AtomicBool::new(false));
         let server = self.clone();
@@ -142,15 +209,16 @@ impl Server {
             .max_buf_size(64 * 1024)
             .serve_connection(TokioIo::new(tls), svc)
             .with_upgrades();
-        match timeout_at(deadline, conn).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => debug!(peer = %peer.ip(), error = %e, "http connection ended"),
-            Err(_) => {
-                if !answered.load(Ordering::Relaxed) {
-                    metrics.handshake(HandshakeResult::Timeout);
-                    info!(peer = %peer.ip(), result = "refused", reason = "timeout", "handshake");
-                }
-            }
+        let ended = timeout_at(deadline, conn).await;
+        let answered = answered.load(Ordering::Relaxed);
+        match ended {
+            Ok(Ok(())) => Ok(()),
+            // hyper's header timeout is the same limit as ours, and may fire first.
+            Ok(Err(e)) if e.is_timeout() && !answered => Err(EarlyEnd::Timeout),
+            Ok(Err(e)) => Err(EarlyEnd::Http(e)),
+            // A connection that was answered (static files) just ran out of time.
+            Err(_) if answered => Ok(()),
+            Err(_) => Err(EarlyEnd::Timeout),
         }
     }
 
@@ -166,11 +234,11 @@ impl Server {
 
     fn websocket(self: &Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let live = self.shared.live.load_full();
-        let rate = self.rate.load();
         let gate = Gate {
             live: &live,
-            rate: &rate,
+            rate: &self.rate,
             conns: &self.conns,
+            hub: &self.shared.hub,
         };
         let metrics = &self.shared.metrics;
         let admitted = match handshake::check(&req, peer.ip(), &gate) {
@@ -221,6 +289,7 @@ impl Server {
             identity: admitted.identity,
             peer,
             permit: admitted.permit,
+            place: admitted.place,
         };
         self.tracker.spawn(async move {
             let upgraded = match upgrade.await {

@@ -26,7 +26,7 @@ use tracing::{debug, info_span};
 
 use crate::auth::{unix_now, Identity};
 use crate::broker::Publication;
-use crate::hub::{JoinError, Outbound, SessionCtl, SessionHandle};
+use crate::hub::{JoinError, Outbound, SessionCtl, SessionHandle, SessionPlace};
 use crate::limits::{ConnPermit, MessageLimiter};
 use crate::live::Shared;
 use crate::metrics::DropReason;
@@ -51,6 +51,8 @@ pub struct Accepted {
     pub identity: Identity,
     pub peer: SocketAddr,
     pub permit: ConnPermit,
+    /// The session's place among its user's sessions, taken by the handshake.
+    pub place: SessionPlace,
 }
 
 /// Builds a session and returns the future that runs it to its end.
@@ -67,7 +69,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let hub = shared.hub.clone();
-    let id = hub.next_session_id();
+    let id = accepted.place.id();
     let session_id = format!("{:08x}{id:x}", shared.node_tag);
     let span = info_span!(
         "session",
@@ -84,7 +86,7 @@ where
         tx,
         ctl,
     };
-    hub.register(&handle);
+    hub.register(&accepted.place, &handle);
     let welcome = ServerMsg::Welcome {
         user: &accepted.identity.user,
         session: &session_id,
@@ -106,6 +108,7 @@ where
         last_seen: Instant::now(),
         settled: Vec::new(),
         _permit: accepted.permit,
+        _place: accepted.place,
     });
     // The span is attached to the session's log lines rather than entered on every poll:
     // entering it per wake-up costs more than the lines it would annotate.
@@ -131,6 +134,8 @@ struct Session<S> {
     settled: Vec<Arc<Publication>>,
     /// The connection's slot in the connection limits, freed with the session.
     _permit: ConnPermit,
+    /// Its place among its user's sessions; `unregister` frees it first, this at the latest.
+    _place: SessionPlace,
 }
 
 enum WriteError {

@@ -458,6 +458,14 @@ pub async fn try_tls_connect(
     addr: SocketAddr,
     ca: &std::path::Path,
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_over(TcpStream::connect(addr).await?, ca).await
+}
+
+/// TLS over an open TCP connection to the gateway, trusting the CAs in `ca`.
+pub async fn tls_over(
+    tcp: TcpStream,
+    ca: &std::path::Path,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
         roots.add(cert.expect("ca cert")).expect("add root");
@@ -469,7 +477,6 @@ pub async fn try_tls_connect(
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await?;
     TlsConnector::from(Arc::new(cfg))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -655,4 +662,78 @@ pub fn write_config(dir: &std::path::Path, f: impl FnOnce(&mut Settings)) -> Pat
     let path = dir.join("wsgate.toml");
     std::fs::write(&path, s.toml()).expect("write config");
     path
+}
+
+impl Gateway {
+    /// A TCP connection to the public port from `local`, e.g. `127.0.0.2`: loopback accepts all
+    /// of 127.0.0.0/8, so per-IP limits see another client.
+    pub async fn tcp_from(&self, local: std::net::IpAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .unwrap_or_else(|e| panic!("bind {local}: {e}"));
+        socket.connect(self.addr).await.expect("connect")
+    }
+
+    /// [`Gateway::connect`] from the address `local` (see [`Gateway::tcp_from`]).
+    pub async fn connect_from(&self, local: std::net::IpAddr, sub: &str) -> Client {
+        let tls = tls_over(self.tcp_from(local).await, &self.ca)
+            .await
+            .expect("tls handshake");
+        let mut req = self.request();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("wsgate.v1, bearer.{}", self.token(sub))
+                .parse()
+                .unwrap(),
+        );
+        let (ws, resp) = tokio_tungstenite::client_async(req, tls)
+            .await
+            .expect("handshake accepted");
+        let mut c = Client {
+            ws,
+            response: resp.map(|_| ()),
+            welcome: Value::Null,
+        };
+        c.welcome = c.recv().await;
+        assert_eq!(c.welcome["type"], "welcome", "{}", c.welcome);
+        c
+    }
+
+    /// Waits until `n` log lines after the first `skip` contain `needle`.
+    pub async fn wait_log_count(&self, needle: &str, skip: usize, n: usize) {
+        let mut from = skip;
+        for _ in 0..n {
+            self.wait_log_after(needle, from).await;
+            let lines = self.logs.0.lock().unwrap();
+            from += 1 + lines
+                .iter()
+                .skip(from)
+                .position(|l| l.contains(needle))
+                .expect("the line just found");
+        }
+    }
+}
+
+impl Client {
+    /// Closes the WebSocket and waits until the server has ended the connection (TLS
+    /// close_notify or TCP end), which a session does only once it has left the hub.
+    pub async fn close_and_wait_gone(mut self) {
+        self.ws.close(None).await.expect("send close");
+        while let Some(Ok(_)) = tokio::time::timeout(WAIT, self.ws.next())
+            .await
+            .expect("close reply in time")
+        {}
+        let tls = self.ws.get_mut();
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(WAIT, tls.read(&mut buf))
+                .await
+                .expect("the server ends the connection in time")
+            {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    }
 }
