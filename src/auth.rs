@@ -5,6 +5,10 @@
 //! keys rotate by adding the new `kid` before the old one is retired. `exp` and `sub` are
 //! always required; `iss`/`aud` when configured; `nbf` is checked. Errors say which check
 //! failed and never echo the token.
+//!
+//! `sub` and `name` are shown to other users and written to logs, so they may not hold
+//! anything that is invisible or breaks a line ([`is_hidden_or_control`]), and a `sub` may not
+//! read as one of the server's own `@` names.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -363,6 +367,9 @@ impl Verifier {
 /// the line and paragraph separators (U+2028, U+2029), which some viewers render as a new line.
 pub fn is_hidden_or_control(c: char) -> bool {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    if c.is_ascii() {
+        return c.is_ascii_control();
+    }
     c.is_control()
         || matches!(
             c.general_category(),

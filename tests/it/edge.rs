@@ -388,7 +388,7 @@ async fn tokens_everywhere(gw: &Gateway) -> Vec<String> {
     );
     gw.refused(req, 401).await;
 
-    let refreshed = token_for(&gw, "t-subprotocol", json!({ "iat": unix_now() + 1 }));
+    let refreshed = token_for(gw, "t-subprotocol", json!({ "iat": unix_now() + 1 }));
     let reply = c
         .request(json!({ "type": "refresh", "token": refreshed }), 7)
         .await;
