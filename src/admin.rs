@@ -11,25 +11,53 @@
 //!
 //! `/api/*` needs `Authorization: Bearer <admin.api_key>`, compared in constant time. Published
 //! data goes through the same checks as a client's (size, depth, room name, sanitizing).
+//!
+//! On a loopback `admin.listen`, every route first checks that the request was addressed to
+//! the local machine (CONTRACT §7), so a web page whose DNS name is rebound to 127.0.0.1
+//! cannot reach it from a developer's browser: a `Host` that is not a loopback name or
+//! address gets 421. An HTTP/1.1 request without `Host` gets 400 (RFC 9112 §3.2); an HTTP/1.0
+//! one without it is served (browsers always send `Host`; bare probes written with `printf`
+//! often do not).
+//!
+//! The listener is bounded like the public one: [`MAX_ADMIN_CONNECTIONS`] at once (more are
+//! closed as soon as they are accepted), [`ADMIN_HEADER_TIMEOUT`] to send a request head (and
+//! to stay idle between requests), [`ADMIN_BODY_TIMEOUT`] to send a body.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::protocol::{close, RoomName};
 use crate::sanitize::{json_depth, sanitize_value, MAX_DEPTH};
-use crate::server::Server;
+use crate::server::{is_loopback_host, Server};
+
+/// Most admin connections open at once; more are closed as soon as they are accepted. Admin
+/// clients are a Prometheus server or two, the orchestrator's probes and an operator's tools,
+/// each needing a connection or two at a time: 64 leaves room for bursts and restarts while
+/// capping what a misbehaving local client can hold (64 × [`ADMIN_MAX_BUF`] of buffers).
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// Time to send a complete request head, and the longest a kept-alive connection may sit idle
+/// between requests. Local tools send a head in one packet; 5 s forgives a stalled host.
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time to send a request body once its head is in. Admin bodies are at most
+/// `limits.max_message_bytes` plus an envelope: a local client sends that in milliseconds.
+pub const ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// hyper's read buffer per admin connection (its minimum is 8 KiB): an admin request head is
+/// a few hundred bytes; bodies are streamed, not buffered here.
+const ADMIN_MAX_BUF: usize = 16 * 1024;
 
 /// The sender name of messages published through the admin API.
 pub const SERVER_SENDER: &str = "@server";
@@ -81,22 +109,32 @@ impl Admin {
     /// answer 503 (not refuse connections) and `/healthz` 200. Admin connections are short
     /// and not drained.
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
                     warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                warn!(peer = %peer, max = MAX_ADMIN_CONNECTIONS, "admin connection closed: too many open");
+                continue;
+            };
             let admin = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.route(req).await) }
+                    async move { Ok::<_, Infallible>(admin.route(req, loopback).await) }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                    .max_buf_size(ADMIN_MAX_BUF)
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await
                 {
@@ -104,6 +142,34 @@ impl Admin {
                 }
             });
         }
+    }
+
+    /// On a loopback listener: the answer for a request not addressed to the local machine
+    /// (see the module doc), or `None` to go on.
+    fn misdirected(req: &Request<Incoming>) -> Option<Resp> {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let host = match (hosts.next(), hosts.next()) {
+            (Some(h), None) => Some(h.to_str().unwrap_or("")),
+            (None, _) if req.version() < Version::HTTP_11 => None,
+            (None, _) => {
+                return Some(error(
+                    StatusCode::BAD_REQUEST,
+                    "HTTP/1.1 requires a Host header",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Some(error(StatusCode::BAD_REQUEST, "more than one Host header"))
+            }
+        };
+        // An absolute-form target (`GET http://host/…`) names the host too, and wins over Host.
+        let target = req.uri().authority().map(|a| a.as_str());
+        if target.into_iter().chain(host).any(|h| !is_loopback_host(h)) {
+            return Some(error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this admin listener answers only requests addressed to localhost",
+            ));
+        }
+        None
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
@@ -118,7 +184,12 @@ impl Admin {
             && bool::from(key.trim().as_bytes().ct_eq(self.api_key.as_bytes()))
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Resp {
+    async fn route(&self, req: Request<Incoming>, loopback: bool) -> Resp {
+        if loopback {
+            if let Some(r) = Self::misdirected(&req) {
+                return r;
+            }
+        }
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         match (method.clone(), path.as_str()) {
@@ -177,9 +248,26 @@ impl Admin {
         req: Request<Incoming>,
         limit: usize,
     ) -> Result<T, Resp> {
-        let bytes = match Limited::new(req.into_body(), limit).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e)
+        let read = tokio::time::timeout(
+            ADMIN_BODY_TIMEOUT,
+            Limited::new(req.into_body(), limit).collect(),
+        );
+        let bytes = match read.await {
+            Err(_) => {
+                let mut r = error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "the body did not arrive within {}s",
+                        ADMIN_BODY_TIMEOUT.as_secs()
+                    ),
+                );
+                // The rest of the body may still come: this connection is done.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Err(r);
+            }
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e))
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some() =>
             {
@@ -188,7 +276,7 @@ impl Admin {
                     &format!("body larger than {limit} bytes"),
                 ))
             }
-            Err(_) => return Err(error(StatusCode::BAD_REQUEST, "could not read the body")),
+            Ok(Err(_)) => return Err(error(StatusCode::BAD_REQUEST, "could not read the body")),
         };
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| error(StatusCode::BAD_REQUEST, "body is not UTF-8"))?;

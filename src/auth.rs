@@ -5,6 +5,10 @@
 //! keys rotate by adding the new `kid` before the old one is retired. `exp` and `sub` are
 //! always required; `iss`/`aud` when configured; `nbf` is checked. Errors say which check
 //! failed and never echo the token.
+//!
+//! `sub` and `name` are shown to other users and written to logs, so they may not hold
+//! anything that is invisible or breaks a line ([`is_hidden_or_control`]), and a `sub` may not
+//! read as one of the server's own `@` names.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -79,7 +83,7 @@ impl RoomAccess {
 /// Why a token was refused. The message is safe to send to the client and to log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no token: send it in the Sec-WebSocket-Protocol header (bearer.<jwt>), an Authorization: Bearer header or ?token=")]
+    #[error("no token in the Sec-WebSocket-Protocol header (bearer.<jwt>), an Authorization: Bearer header, the token query parameter or the configured cookie")]
     Missing,
     #[error("token given in more than one place")]
     Ambiguous,
@@ -356,36 +360,68 @@ impl Verifier {
     }
 }
 
-fn has_control(s: &str) -> bool {
-    s.chars().any(crate::sanitize::is_forbidden_char)
+/// Whether `c` must never be shown raw: it could break a log line, reorder or hide the text
+/// around it, or pass for something else. That is every control character (C0 with `\n` and
+/// `\t`, DEL, C1), every format character (Unicode category Cf: zero-width marks, bidi
+/// embeddings, overrides and isolates, the Arabic letter mark, the BOM, invisible operators) and
+/// the line and paragraph separators (U+2028, U+2029), which some viewers render as a new line.
+pub fn is_hidden_or_control(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    if c.is_ascii() {
+        return c.is_ascii_control();
+    }
+    c.is_control()
+        || matches!(
+            c.general_category(),
+            GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+}
+
+/// Whether a `sub` would read as the server's own sender (`@server`): it starts with `@` once
+/// compatibility forms are folded (NFKC turns U+FF20 FULLWIDTH and U+FE6B SMALL COMMERCIAL AT
+/// into `@`) and leading spaces are dropped.
+fn poses_as_server(sub: &str) -> bool {
+    use unicode_normalization::UnicodeNormalization;
+    sub.nfkc()
+        .find(|c| !c.is_whitespace())
+        .is_some_and(|c| c == '@')
+}
+
+/// Checks a claim others get to see (`sub`, `name`): at most `max` bytes, nothing hidden or
+/// control.
+fn check_shown(value: &str, max: usize, refusal: &'static str) -> Result<(), AuthError> {
+    if value.len() > max || value.chars().any(is_hidden_or_control) {
+        return Err(AuthError::BadClaims(refusal));
+    }
+    Ok(())
 }
 
 fn identity_from(c: Claims) -> Result<Identity, AuthError> {
     if c.sub.is_empty() {
         return Err(AuthError::BadClaims("sub is empty"));
     }
-    if c.sub.starts_with('@') {
+    check_shown(
+        &c.sub,
+        MAX_SUB_BYTES,
+        "sub is longer than 128 bytes or has control, format or line-separator characters",
+    )?;
+    if poses_as_server(&c.sub) {
         return Err(AuthError::BadClaims(
-            "sub must not start with '@' (reserved for the server)",
+            "sub must not start with '@' or a look-alike (reserved for the server)",
         ));
     }
-    if c.sub.len() > MAX_SUB_BYTES || has_control(&c.sub) {
-        return Err(AuthError::BadClaims(
-            "sub is too long or has control characters",
-        ));
+    if let Some(name) = &c.name {
+        check_shown(
+            name,
+            MAX_NAME_BYTES,
+            "name is longer than 128 bytes or has control, format or line-separator characters",
+        )?;
     }
-    let name = match c.name {
-        Some(n) if n.len() > MAX_NAME_BYTES || has_control(&n) => {
-            return Err(AuthError::BadClaims(
-                "name is too long or has control characters",
-            ))
-        }
-        Some(n) => Some(Arc::from(n)),
-        None => None,
-    };
     Ok(Identity {
         user: Arc::from(c.sub),
-        name,
+        name: c.name.map(Arc::from),
         rooms: RoomAccess::from_claim(c.rooms)?,
         expires_at: c.exp,
     })
@@ -505,6 +541,82 @@ mod tests {
         )
         .expect("mint");
         assert_eq!(v.verify(&other).unwrap_err(), AuthError::BadSignature);
+    }
+
+    fn token_named(sub: &str, name: Option<&str>) -> String {
+        mint_hs256(
+            b"s3cret",
+            &MintClaims {
+                sub,
+                exp: unix_now() + 60,
+                iat: unix_now(),
+                name,
+                rooms: None,
+                iss: None,
+                aud: None,
+            },
+        )
+        .expect("mint")
+    }
+
+    /// Characters that could forge a log line, hide or reorder text, or pass for another user.
+    const HIDDEN: [&str; 17] = [
+        "\n", "\t", "\r", "\u{1b}", "\u{7f}", "\u{85}", "\u{9b}", "\u{200b}", "\u{200d}",
+        "\u{200f}", "\u{202e}", "\u{2060}", "\u{2064}", "\u{2067}", "\u{feff}", "\u{61c}",
+        "\u{2028}",
+    ];
+
+    #[test]
+    fn shown_claims_refuse_hidden_and_control_characters() {
+        let v = verifier();
+        for c in HIDDEN {
+            let sub = format!("ali{c}ce");
+            assert!(
+                matches!(
+                    v.verify(&token_named(&sub, None)),
+                    Err(AuthError::BadClaims(_))
+                ),
+                "sub {sub:?} accepted"
+            );
+            let name = format!("Ali{c}ce");
+            assert!(
+                matches!(
+                    v.verify(&token_named("alice", Some(&name))),
+                    Err(AuthError::BadClaims(_))
+                ),
+                "name {name:?} accepted"
+            );
+        }
+        for (sub, name) in [
+            ("alice", "Alice Smith"),
+            ("zoë", "Zoë"),
+            ("李雷", "李雷"),
+            ("a@b.example", "@alice"),
+            ("user:42", ""),
+        ] {
+            let id = v.verify(&token_named(sub, Some(name))).expect(sub);
+            assert_eq!(&*id.user, sub);
+        }
+    }
+
+    #[test]
+    fn sub_that_reads_as_the_server_is_refused() {
+        let v = verifier();
+        for sub in [
+            "@server",
+            "\u{ff20}server",
+            "\u{fe6b}server",
+            " @server",
+            "\u{3000}@x",
+        ] {
+            assert!(
+                matches!(
+                    v.verify(&token_named(sub, None)),
+                    Err(AuthError::BadClaims(_))
+                ),
+                "sub {sub:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success; 1 runtime failure (bind, certificate); 2 usage; 78 configuration.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -16,6 +17,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
@@ -202,6 +206,9 @@ fn gen_cert(out: &Path, hosts: Vec<String>) -> i32 {
 
 type FilterHandle = reload::Handle<EnvFilter, Registry>;
 
+/// Logging: `RUST_LOG` or `log.level` choose what is logged (a SIGHUP swaps the level through
+/// the returned handle); [`secret_caps`] then holds back what could carry a secret, whatever
+/// they say; text lines escape every field value ([`EscapedFields`]).
 fn init_logging(cfg: &Config) -> FilterHandle {
     let from_env = std::env::var("RUST_LOG")
         .ok()
@@ -210,6 +217,9 @@ fn init_logging(cfg: &Config) -> FilterHandle {
     let (filter, handle) = reload::Layer::new(filter);
     let fmt = match cfg.log.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .fmt_fields(EscapedFields)
+            // Colours for a person at a terminal, never escape codes in a file or the journal.
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -220,9 +230,111 @@ fn init_logging(cfg: &Config) -> FilterHandle {
     };
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(secret_caps()))
         .try_init();
     handle
+}
+
+/// Caps on targets whose detailed events carry payloads that may hold a token (a `refresh`
+/// message) — no level set in `RUST_LOG` or `log.level` lifts them, because they filter the
+/// output itself, apart from the filter those two set and a SIGHUP swaps:
+/// - `tungstenite` (through the `log` bridge) at DEBUG: at TRACE it logs every frame and
+///   message it reads or writes, payload included.
+///
+/// Nothing else in the tree logs payloads, headers or URLs: hyper's and tower-http's tracing
+/// is not compiled in, rustls logs handshake messages only, and tokio-tungstenite only its
+/// poll calls.
+fn secret_caps() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("tungstenite", LevelFilter::DEBUG)
+}
+
+/// Field formatter of the text log: values are written as in the default format
+/// (`key=value`, strings quoted), except that control, format and line-separator characters
+/// come out escaped (`\n`, `\u{1b}`, `\u{202e}`) in every value and in the message. The
+/// default escapes only some of them, and only in the message and in errors: a client's
+/// text logged with `%` could otherwise start a forged line or colour the terminal.
+struct EscapedFields;
+
+impl<'a> MakeVisitor<Writer<'a>> for EscapedFields {
+    type Visitor = EscapedVisitor<'a>;
+
+    fn make_visitor(&self, writer: Writer<'a>) -> EscapedVisitor<'a> {
+        EscapedVisitor {
+            writer,
+            empty: true,
+            result: Ok(()),
+        }
+    }
+}
+
+struct EscapedVisitor<'a> {
+    writer: Writer<'a>,
+    empty: bool,
+    result: std::fmt::Result,
+}
+
+impl EscapedVisitor<'_> {
+    fn field(&mut self, name: &str, value: std::fmt::Arguments<'_>) {
+        use std::fmt::Write;
+        // The `log` bridge's metadata, already shown as the target.
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let pad = if self.empty { "" } else { " " };
+        self.empty = false;
+        self.result = if name == "message" {
+            write!(Escaping(&mut self.writer), "{pad}{value}")
+        } else {
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            write!(Escaping(&mut self.writer), "{pad}{name}={value}")
+        };
+    }
+}
+
+impl tracing::field::Visit for EscapedVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.field(field.name(), format_args!("{value}"));
+        } else {
+            self.field(field.name(), format_args!("{value:?}"));
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.field(field.name(), format_args!("{value:?}"));
+    }
+}
+
+impl VisitOutput<std::fmt::Result> for EscapedVisitor<'_> {
+    fn finish(self) -> std::fmt::Result {
+        self.result
+    }
+}
+
+impl VisitFmt for EscapedVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn std::fmt::Write {
+        &mut self.writer
+    }
+}
+
+/// Writes through to `W`, escaping what [`crate::auth::is_hidden_or_control`] matches.
+struct Escaping<W>(W);
+
+impl<W: std::fmt::Write> std::fmt::Write for Escaping<W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let mut rest = s;
+        while let Some((i, c)) = rest
+            .char_indices()
+            .find(|(_, c)| crate::auth::is_hidden_or_control(*c))
+        {
+            self.0.write_str(&rest[..i])?;
+            write!(self.0, "{}", c.escape_default())?;
+            rest = &rest[i + c.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
 }
 
 fn serve(path: &Path) -> i32 {
@@ -495,6 +607,7 @@ fn reload(running: &Running) {
     metrics
         .max_connections
         .set(next.server.max_connections as i64);
+    // Only the level filter is swapped: the secret caps stay (see `secret_caps`).
     if current.log.level != next.log.level
         && std::env::var_os("RUST_LOG").is_none()
         && running
@@ -523,4 +636,60 @@ fn reload(running: &Running) {
     *current = recorded;
     metrics.reload(true);
     info!(applied = ?applied, "configuration reloaded");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// What the text log writes for the events `emit` makes.
+    fn text_log(emit: impl FnOnce()) -> String {
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let writer = move || Sink(sink.clone());
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(EscapedFields)
+                .with_ansi(false)
+                .with_writer(writer),
+        );
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = out.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_log_values_cannot_start_a_line_or_carry_escapes() {
+        let forged = "x\n2030-01-01T00:00:00Z ERROR wsgate: forged\u{1b}[31m\u{202e}\u{2028}";
+        let out = text_log(|| {
+            tracing::info!(shown = %forged, quoted = forged, debugged = ?forged, "said {forged}");
+        });
+        assert_eq!(out.lines().count(), 1, "{out}");
+        for c in ['\u{1b}', '\u{202e}', '\u{2028}'] {
+            assert!(!out.contains(c), "raw {c:?} in {out:?}");
+        }
+        assert!(
+            out.contains(
+                r"shown=x\n2030-01-01T00:00:00Z ERROR wsgate: forged\u{1b}[31m\u{202e}\u{2028}"
+            ),
+            "{out}"
+        );
+        assert!(out.contains(r#"quoted="x\n2030"#), "{out}");
+    }
 }

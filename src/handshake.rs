@@ -20,7 +20,8 @@ pub const SUBPROTOCOL: &str = "wsgate.v1";
 /// Prefix of the subprotocol entry that carries the token.
 pub const BEARER_PREFIX: &str = "bearer.";
 
-/// Why a handshake was refused.
+/// Why a handshake was refused. The `Display` text says exactly what failed: it goes to the log
+/// line; the client gets [`Refusal::body`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("too many handshakes from this address; retry later")]
@@ -60,15 +61,28 @@ impl Refusal {
     pub fn metric(&self) -> HandshakeResult {
         match self {
             Refusal::RateLimited { .. } => HandshakeResult::RateLimited,
-            Refusal::Full | Refusal::FullForIp => HandshakeResult::Overloaded,
-            Refusal::FullForUser => HandshakeResult::TooManyForUser,
+            Refusal::Full | Refusal::FullForIp | Refusal::FullForUser => {
+                HandshakeResult::Overloaded
+            }
             Refusal::UpgradeRequired(_) | Refusal::BadUpgrade(_) => HandshakeResult::BadRequest,
             Refusal::OriginMissing | Refusal::OriginNotAllowed => HandshakeResult::BadOrigin,
             Refusal::Token(_) => HandshakeResult::BadToken,
         }
     }
 
-    /// A short reason for the log line.
+    /// What the client is told. A token refusal says `unauthorized` whatever failed (CONTRACT
+    /// §3): naming the check would let anyone probe which key ids, algorithms, issuers and
+    /// audiences the gateway accepts. The other refusals name their cause, which is no secret
+    /// and helps whoever wires up a client.
+    pub fn body(&self) -> String {
+        match self {
+            Refusal::Token(_) => "unauthorized\n".to_string(),
+            other => format!("{other}\n"),
+        }
+    }
+
+    /// A short reason for the log line and the `reason` label of `wsgate_handshakes_total`:
+    /// one of a fixed set, never user data.
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::RateLimited { .. } => "rate_limited",
@@ -317,6 +331,23 @@ mod tests {
         assert_eq!(find_token(&r, &[], ""), Err(AuthError::Missing));
         let r = req(Request::get("/ws?token=explicit").header("cookie", "wsgate=old"));
         assert_eq!(find_token(&r, &[], "wsgate"), Ok("explicit"));
+    }
+
+    #[test]
+    fn a_token_refusal_tells_the_client_nothing_more() {
+        for e in [
+            AuthError::Missing,
+            AuthError::Malformed,
+            AuthError::BadSignature,
+            AuthError::UnknownKid,
+            AuthError::AlgorithmNotAllowed,
+            AuthError::BadClaims("sub is empty"),
+        ] {
+            let refusal = Refusal::Token(e);
+            assert_eq!(refusal.body(), "unauthorized\n");
+            assert_eq!(refusal.reason(), e.reason());
+        }
+        assert_eq!(Refusal::OriginNotAllowed.body(), "Origin not allowed\n");
     }
 
     #[test]

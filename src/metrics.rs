@@ -1,7 +1,8 @@
 //! Prometheus metrics (`wsgate_` prefix) and the standard process metrics.
 //!
 //! Label families are resolved once at startup into plain counters, so counting on the hot
-//! path is one relaxed atomic add. No label carries a user or a room.
+//! path is one relaxed atomic add (handshakes, off the hot path, look their series up). No
+//! label carries a user, a room or anything else a client chose.
 
 use std::time::Instant;
 
@@ -28,24 +29,9 @@ pub enum HandshakeResult {
     /// Closed at accept: its address already had `limits.handshakes_in_flight_per_ip`
     /// connections before `101`.
     TooManyInFlight,
-    /// 503: the token's user already had `limits.max_connections_per_user` sessions here.
-    TooManyForUser,
 }
 
 impl HandshakeResult {
-    const ALL: [HandshakeResult; 10] = [
-        HandshakeResult::Ok,
-        HandshakeResult::BadOrigin,
-        HandshakeResult::BadToken,
-        HandshakeResult::RateLimited,
-        HandshakeResult::Overloaded,
-        HandshakeResult::Timeout,
-        HandshakeResult::TlsError,
-        HandshakeResult::BadRequest,
-        HandshakeResult::TooManyInFlight,
-        HandshakeResult::TooManyForUser,
-    ];
-
     pub fn as_str(&self) -> &'static str {
         match self {
             HandshakeResult::Ok => "ok",
@@ -57,7 +43,6 @@ impl HandshakeResult {
             HandshakeResult::TlsError => "tls_error",
             HandshakeResult::BadRequest => "bad_request",
             HandshakeResult::TooManyInFlight => "too_many_in_flight",
-            HandshakeResult::TooManyForUser => "too_many_for_user",
         }
     }
 }
@@ -96,6 +81,29 @@ impl DropReason {
     }
 }
 
+/// Labels of `wsgate_handshakes_total`: `result`, and `reason` when the refusal has a finer
+/// cause (`result="bad_token",reason="token_expired"`). Without one the series has no `reason`
+/// label at all, so `{result="ok"}` stays the same series it always was.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct HandshakeLabels {
+    result: &'static str,
+    reason: Option<&'static str>,
+}
+
+impl EncodeLabelSet for HandshakeLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("result", self.result).encode(encoder.encode_label())?;
+        if let Some(reason) = self.reason {
+            ("reason", reason).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
@@ -122,7 +130,9 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     slow_closes: Counter,
-    handshakes: Vec<Counter>,
+    /// Created per (result, reason) on first use: refusal reasons are a fixed set of static
+    /// names, and a handshake costs far more than the map lookup.
+    handshakes: Family<HandshakeLabels, Counter>,
     dropped: Vec<Counter>,
     closes: Vec<(u16, Counter)>,
     reloads_ok: Counter,
@@ -193,20 +203,17 @@ impl Metrics {
             "Sessions closed with 1013 because their send queue was full",
             slow_closes.clone(),
         );
-        let hs_family = Family::<ResultLabel, Counter>::default();
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
         registry.register(
             "wsgate_handshakes",
-            "WebSocket handshakes by result",
-            hs_family.clone(),
+            "WebSocket handshakes by result, and by reason for refusals that have one",
+            handshakes.clone(),
         );
-        let handshakes = HandshakeResult::ALL
-            .iter()
-            .map(|r| {
-                hs_family
-                    .get_or_create(&ResultLabel { result: r.as_str() })
-                    .clone()
-            })
-            .collect();
+        // Present (at 0) from the first scrape, so rates and ratios over it start right away.
+        drop(handshakes.get_or_create(&HandshakeLabels {
+            result: HandshakeResult::Ok.as_str(),
+            reason: None,
+        }));
         let drop_family = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "wsgate_messages_dropped",
@@ -277,10 +284,24 @@ impl Metrics {
         }
     }
 
+    /// Counts a handshake outcome that has no finer reason (e.g. `ok`).
     pub fn handshake(&self, r: HandshakeResult) {
-        if let Some(i) = HandshakeResult::ALL.iter().position(|x| *x == r) {
-            self.handshakes[i].inc();
-        }
+        self.count_handshake(r, None);
+    }
+
+    /// Counts a refused handshake with its reason (e.g. `token_expired`); `reason` is one of
+    /// the refusal's fixed names, never user data.
+    pub fn handshake_refused(&self, r: HandshakeResult, reason: &'static str) {
+        self.count_handshake(r, Some(reason));
+    }
+
+    fn count_handshake(&self, r: HandshakeResult, reason: Option<&'static str>) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                result: r.as_str(),
+                reason,
+            })
+            .inc();
     }
 
     pub fn dropped(&self, r: DropReason) {
@@ -403,5 +424,30 @@ impl prometheus_client::collector::Collector for ProcessCollector {
             m.metric_type(),
         )?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_series_carry_a_reason_only_when_there_is_one() {
+        let m = Metrics::new();
+        m.handshake(HandshakeResult::Ok);
+        m.handshake_refused(HandshakeResult::BadToken, "token_expired");
+        m.handshake_refused(HandshakeResult::BadToken, "token_expired");
+        let text = m.encode();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines.contains(&"wsgate_handshakes_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            lines.contains(
+                &"wsgate_handshakes_total{result=\"bad_token\",reason=\"token_expired\"} 2"
+            ),
+            "{text}"
+        );
     }
 }

@@ -9,10 +9,13 @@
 //! at once; a further one is closed at accept, before any TLS work. Stalling clients thus
 //! cost the gateway a bounded number of sockets per address, and a slowloris from one address
 //! never keeps clients of another out.
+//! Every HTTPS answer carries `Strict-Transport-Security` (unless addressed as `localhost`).
+//! Static files never include hidden files or anything a symlink leads to outside
+//! `static_dir` (see [`servable`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +68,16 @@ enum EarlyEnd {
     Timeout,
     Http(hyper::Error),
 }
+/// `Strict-Transport-Security` for every response of the public listener. The listener speaks
+/// TLS only, so there is no plain-HTTP site to fall back to: one year (the usual value, and
+/// what browsers' preload lists ask for) keeps a returning browser from ever trying
+/// `http://` first. No `includeSubDomains`: the gateway speaks for its own host name, not for
+/// sibling services under the same domain that may still need plain HTTP.
+const HSTS: &str = "max-age=31536000";
+
+/// Longest Origin value written to a refusal's log line, in characters: a real origin
+/// (`scheme://host:port`) fits easily; anything longer is noise or an attack on the log.
+const LOGGED_ORIGIN_CHARS: usize = 200;
 
 /// The public listener's shared state.
 pub struct Server {
@@ -223,13 +236,22 @@ impl Server {
     }
 
     async fn request(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        if req.uri().path() == self.ws_path {
-            return self.websocket(req, peer);
+        let hsts = !loopback_request(&req);
+        let mut resp = if req.uri().path() == self.ws_path {
+            self.websocket(req, peer)
+        } else {
+            match &self.static_dir {
+                Some(dir) => serve_static(dir, req).await,
+                None => plain(StatusCode::NOT_FOUND, "not found\n"),
+            }
+        };
+        if hsts {
+            resp.headers_mut().insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static(HSTS),
+            );
         }
-        match &self.static_dir {
-            Some(dir) => serve_static(dir, req).await,
-            None => plain(StatusCode::NOT_FOUND, "not found\n"),
-        }
+        resp
     }
 
     fn websocket(self: &Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -244,9 +266,18 @@ impl Server {
         let admitted = match handshake::check(&req, peer.ip(), &gate) {
             Ok(a) => a,
             Err(refusal) => {
-                metrics.handshake(refusal.metric());
-                info!(peer = %peer.ip(), result = "refused", status = refusal.status().as_u16(), reason = refusal.reason(), "handshake");
-                let mut resp = plain(refusal.status(), &format!("{refusal}\n"));
+                metrics.handshake_refused(refusal.metric(), refusal.reason());
+                // The refused Origin is what an operator needs to fix `origin.allowed`; it is
+                // the client's text, so it is shortened (and escaped by the log formatter).
+                let origin = matches!(
+                    refusal,
+                    handshake::Refusal::OriginMissing | handshake::Refusal::OriginNotAllowed
+                )
+                .then(|| req.headers().get(header::ORIGIN))
+                .flatten()
+                .map(|v| shorten(&String::from_utf8_lossy(v.as_bytes()), LOGGED_ORIGIN_CHARS));
+                info!(peer = %peer.ip(), result = "refused", status = refusal.status().as_u16(), reason = refusal.reason(), detail = %refusal, origin = origin.as_deref(), "handshake");
+                let mut resp = plain(refusal.status(), &refusal.body());
                 let h = resp.headers_mut();
                 match &refusal {
                     handshake::Refusal::RateLimited { retry_after } => {
@@ -360,15 +391,31 @@ pub fn plain(status: StatusCode, text: &str) -> Response<Body> {
     resp
 }
 
-/// Files under `static_dir`, with the security headers of CONTRACT §8.
-async fn serve_static(dir: &std::path::Path, req: Request<Incoming>) -> Response<Body> {
+/// Files under `static_dir`, with the security headers of CONTRACT §8. What [`servable`]
+/// refuses answers the same empty 404 as a missing file.
+async fn serve_static(dir: &Path, req: Request<Incoming>) -> Response<Body> {
     use tower::ServiceExt;
-    let svc = tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true);
-    let (parts, _) = req.into_parts();
-    let req = Request::from_parts(parts, Full::new(Bytes::new()));
-    let mut resp = match svc.oneshot(req).await {
-        Ok(r) => r.map(|b| b.map_err(std::io::Error::other).boxed_unsync()),
-        Err(never) => match never {},
+    let mut resp = match servable(dir, req.uri().path()).await {
+        None => {
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
+        Some(file) => {
+            let svc =
+                tower_http::services::ServeDir::new(dir).append_index_html_on_directories(true);
+            let (parts, _) = req.into_parts();
+            let req = Request::from_parts(parts, Full::new(Bytes::new()));
+            let mut r = match svc.oneshot(req).await {
+                Ok(r) => r.map(|b| b.map_err(std::io::Error::other).boxed_unsync()),
+                Err(never) => match never {},
+            };
+            if r.status().is_success() && is_typescript(&file) {
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(TYPESCRIPT));
+            }
+            r
+        }
     };
     let h = resp.headers_mut();
     h.insert(
@@ -399,6 +446,104 @@ async fn serve_static(dir: &std::path::Path, req: Request<Incoming>) -> Response
     resp
 }
 
+/// The file under `dir` that the request path names, or `None` when it must look absent:
+/// - a hidden file or directory: any path segment starting with `.` (`/.env`, `/.git/config`,
+///   `/a/.hidden`), except a leading `/.well-known/` (RFC 8615: public by design, for
+///   `security.txt` and the like), whose own segments follow the same rule;
+/// - anything whose real location, symlinks followed, is outside the real `dir` (a link to
+///   `/etc/passwd` or `../secret`). Symlinks that stay inside are followed, so a
+///   `latest.js` → `wsgate-1.2.js` link or a `static_dir` that is itself a link (swapped on
+///   deploy) keep working;
+/// - a missing file.
+///
+/// The path is percent-decoded first, as `ServeDir` does (`/%2eenv` is `/.env`).
+async fn servable(dir: &Path, uri_path: &str) -> Option<PathBuf> {
+    let decoded = percent_encoding::percent_decode_str(uri_path)
+        .decode_utf8()
+        .ok()?;
+    let mut path = dir.to_path_buf();
+    for (i, segment) in decoded.split('/').filter(|s| !s.is_empty()).enumerate() {
+        if segment.starts_with('.') && !(i == 0 && segment == ".well-known") {
+            return None;
+        }
+        path.push(segment);
+    }
+    let root = tokio::fs::canonicalize(dir).await.ok()?;
+    let inside = |real: &Path| real.starts_with(&root);
+    let real = tokio::fs::canonicalize(&path).await.ok()?;
+    if !inside(&real) {
+        return None;
+    }
+    // A directory is served through its index.html, which may be a link of its own.
+    if tokio::fs::metadata(&real).await.ok()?.is_dir() {
+        if let Ok(index) = tokio::fs::canonicalize(real.join("index.html")).await {
+            if !inside(&index) {
+                return None;
+            }
+        }
+    }
+    Some(path)
+}
+
+/// `Content-Type` of TypeScript files (`wsgate.d.ts`): the extension table would call `.ts`
+/// an MPEG transport stream (`video/mp2t`); `application/typescript` is what TypeScript
+/// tooling and Deno serve and expect.
+const TYPESCRIPT: &str = "application/typescript; charset=utf-8";
+
+fn is_typescript(file: &Path) -> bool {
+    matches!(
+        file.extension().and_then(|e| e.to_str()),
+        Some("ts" | "mts" | "cts")
+    )
+}
+
+/// `s` cut to `max` characters, marked with `…` when cut.
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_string(),
+    }
+}
+
+/// Whether `host` (a `Host` header value or a URI authority: a name or an address, any port)
+/// names the local machine: `localhost` (and `*.localhost`, which browsers resolve to it
+/// themselves), `127.0.0.0/8` or `[::1]`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority.host();
+    // Exactly `host` or `host:port`: no userinfo, no port that is not a number.
+    let port_ok = match authority.as_str().strip_prefix(name) {
+        Some("") => true,
+        Some(rest) => rest.len() > 1 && rest[1..].bytes().all(|b| b.is_ascii_digit()),
+        None => false,
+    };
+    if !port_ok {
+        return false;
+    }
+    if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    }
+    if let Ok(ip) = name.parse::<std::net::Ipv4Addr>() {
+        return ip.is_loopback();
+    }
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+/// Whether the request was addressed to the local machine by name (its `Host`). HSTS is left
+/// off there: browsers ignore it for IP addresses, but for `localhost` they would keep it a
+/// year and force https on every other development server on that machine, whatever its port.
+fn loopback_request<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(is_loopback_host)
+}
+
 async fn reply_not_tls(mut tcp: TcpStream) {
     const BODY: &str = "This port speaks TLS only: use https:// or wss://.\n";
     let resp = format!(
@@ -410,4 +555,45 @@ async fn reply_not_tls(mut tcp: TcpStream) {
         let _ = tcp.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_names_and_addresses_of_this_machine() {
+        for h in [
+            "localhost",
+            "LocalHost:8443",
+            "localhost.",
+            "app.localhost:3000",
+            "127.0.0.1",
+            "127.1.2.3:9090",
+            "[::1]",
+            "[::1]:9090",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "localhost@evil.example",
+            "user@localhost",
+            "10.0.0.1",
+            "[::2]",
+            "::1",
+            "localhost:port",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn shorten_cuts_on_characters() {
+        assert_eq!(shorten("héllo", 2), "hé…");
+        assert_eq!(shorten("hé", 2), "hé");
+    }
 }

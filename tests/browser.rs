@@ -379,7 +379,7 @@ async fn static_files_carry_security_headers_and_content_types() {
 #[test]
 fn node_unit_tests_of_the_client_pass() {
     let out = Command::new("node")
-        .args(["--test", "--test-reporter=tap", "web/test/"])
+        .args(["--test", "--test-reporter=tap", "tests/web/"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run node ({e}): install it: apt-get install -y nodejs"));

@@ -619,8 +619,14 @@ async fn metrics_are_valid_prometheus_text_and_count_what_happened() {
     };
     assert_eq!(get("wsgate_connections"), 3.0);
     assert_eq!(get("wsgate_handshakes_total{result=\"ok\"}"), 3.0);
-    assert_eq!(get("wsgate_handshakes_total{result=\"bad_origin\"}"), 1.0);
-    assert_eq!(get("wsgate_handshakes_total{result=\"bad_token\"}"), 1.0);
+    assert_eq!(
+        get("wsgate_handshakes_total{result=\"bad_origin\",reason=\"origin_not_allowed\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("wsgate_handshakes_total{result=\"bad_token\",reason=\"token_expired\"}"),
+        1.0
+    );
     assert_eq!(get("wsgate_rooms"), 1.0);
     // Three joins and one publish came in.
     assert_eq!(get("wsgate_messages_in_total"), 4.0);

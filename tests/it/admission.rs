@@ -52,9 +52,9 @@ async fn reply_to_hello(addr: SocketAddr, hello: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The count of handshakes with `result` (summed over any further labels).
-async fn handshakes_with_result(gw: &Gateway, result: &str) -> f64 {
-    let label = format!("result=\"{result}\"");
+/// The count of handshakes with the label `name="value"` (summed over any further labels).
+async fn handshakes_with(gw: &Gateway, name: &str, value: &str) -> f64 {
+    let label = format!("{name}=\"{value}\"");
     metrics_text(gw)
         .await
         .lines()
@@ -95,7 +95,10 @@ async fn stalled_handshakes_of_one_address_are_capped_and_keep_no_one_else_out()
         .wait_log_after("\"reason\":\"handshakes_in_flight_per_ip\"", skip)
         .await;
     assert!(line.contains("\"result\":\"refused\""), "{line}");
-    assert_eq!(handshakes_with_result(&gw, "too_many_in_flight").await, 1.0);
+    assert_eq!(
+        handshakes_with(&gw, "result", "too_many_in_flight").await,
+        1.0
+    );
 
     // (b) Meanwhile another address completes a WebSocket handshake and is served.
     let mut fair = gw.connect_from(OTHER_CLIENT, "fair").await;
@@ -117,7 +120,10 @@ async fn stalled_handshakes_of_one_address_are_capped_and_keep_no_one_else_out()
         sessions.push(gw.connect(&format!("user{i}")).await);
     }
     sessions[0].join("lobby").await;
-    assert_eq!(handshakes_with_result(&gw, "too_many_in_flight").await, 2.0);
+    assert_eq!(
+        handshakes_with(&gw, "result", "too_many_in_flight").await,
+        2.0
+    );
 }
 
 /// A gateway allowing each user `per_user` sessions.
@@ -164,7 +170,10 @@ async fn a_user_past_max_connections_per_user_gets_503_checked_last() {
         .wait_log_after("\"reason\":\"max_connections_per_user\"", skip)
         .await;
     assert!(line.contains("\"status\":503"), "{line}");
-    assert_eq!(handshakes_with_result(&gw, "too_many_for_user").await, 1.0);
+    assert_eq!(
+        handshakes_with(&gw, "reason", "max_connections_per_user").await,
+        1.0
+    );
 
     // Other users are not affected, and the open sessions work.
     let mut bob = gw.connect("bob").await;

@@ -1,5 +1,6 @@
 //! The secure front door (CONTRACT §1–§3): TLS only, every refusal with its exact status and a
-//! body that says what was wrong (never the token), the three token transports and the cookie,
+//! body that says what was wrong (never the token; for a token only `unauthorized`, the
+//! failing check goes to the log line), the three token transports and the cookie,
 //! key selection by `kid`, certificate reload on SIGHUP, and the CLI subcommands.
 
 use std::path::Path;
@@ -51,17 +52,24 @@ fn request_at(gw: &Gateway, suffix: &str) -> http::Request<()> {
     req
 }
 
-/// Expects a 401 whose body contains `says` and not the token, and a log line with `reason`.
+/// Expects a 401 whose body is `unauthorized` and nothing more (CONTRACT §3), and a log line
+/// for it with `reason` whose `detail` says `says`.
 async fn refused_401(gw: &Gateway, req: http::Request<()>, token: &str, says: &str, reason: &str) {
+    let skip = gw.log_len();
     let body = gw.refused(req, 401).await;
-    assert!(
-        body.to_lowercase().contains(&says.to_lowercase()),
-        "body should say {says:?}: {body:?}"
-    );
+    assert_eq!(body, "unauthorized\n", "the body names no check");
     if !token.is_empty() {
         assert!(!body.contains(token), "body echoes the token: {body:?}");
     }
-    gw.wait_log(&format!("\"reason\":\"{reason}\"")).await;
+    let line = gw
+        .wait_log_after(&format!("\"reason\":\"{reason}\""), skip)
+        .await;
+    let line: Value = serde_json::from_str(&line).expect("json log line");
+    let detail = line["fields"]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.to_lowercase().contains(&says.to_lowercase()),
+        "log detail should say {says:?}: {line}"
+    );
 }
 
 /// Expects `req` refused with `status` and a body containing `says` (exactly) and never
@@ -588,19 +596,18 @@ async fn malformed_websocket_key_is_400() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// tokens: every refusal is 401 and says which check failed
+// tokens: every refusal is 401 `unauthorized`; the log line says which check failed
 
 #[tokio::test]
 async fn missing_token_is_401() {
     let gw = Gateway::start().await;
-    refused_saying(&gw, gw.request(), 401, "no token", "").await;
+    refused_401(&gw, gw.request(), "", "no token", "token_missing").await;
     // Without auth.cookie_name a cookie carries nothing.
     let token = gw.token("alice");
     let mut req = gw.request();
     req.headers_mut()
         .insert("cookie", format!("wsgate_session={token}").parse().unwrap());
-    refused_saying(&gw, req, 401, "no token", &token).await;
-    gw.wait_log("\"reason\":\"token_missing\"").await;
+    refused_401(&gw, req, &token, "no token", "token_missing").await;
     assert_logs_clean(&gw, &[&token]);
 }
 
@@ -692,14 +699,7 @@ async fn wrong_issuer_is_401() {
     refused_401_in_subprotocol(&gw, &token, "issuer", "token_bad_issuer").await;
     // No iss at all while one is configured.
     let token = gw.token_claims(claims("alice", json!({ "aud": "wsgate-test" })));
-    refused_saying(
-        &gw,
-        with_subprotocol(gw.request(), &token),
-        401,
-        "issuer",
-        &token,
-    )
-    .await;
+    refused_401_in_subprotocol(&gw, &token, "issuer", "token_bad_issuer").await;
     assert_logs_clean(&gw, &[&good, &token]);
 }
 
@@ -757,10 +757,10 @@ async fn token_in_more_than_one_place_is_401() {
     refused_401(&gw, req, &token, "more than one place", "token_ambiguous").await;
     // Authorization and query, even when both carry the same valid token.
     let req = with_bearer(request_at(&gw, &format!("?token={token}")), &token);
-    refused_saying(&gw, req, 401, "more than one place", &token).await;
+    refused_401(&gw, req, &token, "more than one place", "token_ambiguous").await;
     // Subprotocol and Authorization.
     let req = with_bearer(with_subprotocol(gw.request(), &token), &token);
-    refused_saying(&gw, req, 401, "more than one place", &token).await;
+    refused_401(&gw, req, &token, "more than one place", "token_ambiguous").await;
     assert_logs_clean(&gw, &[&token]);
 }
 
@@ -1017,7 +1017,7 @@ async fn cookie_transport_and_explicit_token_wins() {
         "cookie",
         format!("wsgate_session={cookie_token}").parse().unwrap(),
     );
-    refused_saying(&gw, req, 401, "signature", &bad).await;
+    refused_401(&gw, req, &bad, "signature", "token_bad_signature").await;
     assert_logs_clean(&gw, &[&cookie_token, &stale, &fresh, &bad]);
 }
 
@@ -1050,7 +1050,14 @@ async fn es256_key_is_chosen_by_kid() {
     // HS256 is not in this gateway's allowlist.
     let hs = gw.token("mallory");
     let req = with_subprotocol(gw.request(), &hs);
-    refused_saying(&gw, req, 401, "algorithm is not allowed", &hs).await;
+    refused_401(
+        &gw,
+        req,
+        &hs,
+        "algorithm is not allowed",
+        "token_alg_not_allowed",
+    )
+    .await;
     assert_logs_clean(&gw, &[&by_k1, &by_k2, &mislabelled, &hs]);
 }
 

@@ -2,6 +2,7 @@
 
 mod admin;
 mod admission;
+mod edge;
 mod handshake;
 mod hub;
 mod ops;

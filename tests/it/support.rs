@@ -198,17 +198,8 @@ impl Gateway {
             logs,
         };
         let ready = gw.wait_log("wsgate ready").await;
-        let v: Value = serde_json::from_str(&ready).expect("json log line");
-        gw.addr = v["fields"]["listen"]
-            .as_str()
-            .expect("listen")
-            .parse()
-            .expect("addr");
-        gw.admin = v["fields"]["admin"]
-            .as_str()
-            .expect("admin")
-            .parse()
-            .expect("addr");
+        gw.addr = log_field(&ready, "listen").parse().expect("addr");
+        gw.admin = log_field(&ready, "admin").parse().expect("addr");
         gw
     }
 
@@ -736,4 +727,17 @@ impl Client {
             }
         }
     }
+}
+
+/// A field of a log line in either format: JSON (`"fields":{"key":"value"}`) or text
+/// (`key=value`, unquoted for `%` fields).
+pub fn log_field(line: &str, key: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(line) {
+        return v["fields"][key].as_str().expect(key).to_string();
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+        .trim_matches('"')
+        .to_string()
 }

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { WsGate } from "../wsgate.js";
-import { connected, flush, harness } from "../test-support/fakes.mjs";
+import { WsGate } from "../../web/wsgate.js";
+import { connected, flush, harness } from "./fakes.mjs";
 
 const JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
 const URL = "wss://chat.example.test/ws";

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { connected, flush, harness } from "../test-support/fakes.mjs";
+import { connected, flush, harness } from "./fakes.mjs";
 
 test("state goes connecting → open → reconnecting → open → closed", async () => {
   const h = harness();

@@ -3,7 +3,7 @@
  * a manual clock, a scriptable WebSocket, and a harness wiring them up.
  */
 
-import { WsGate, EVENT_NAMES } from "../wsgate.js";
+import { WsGate, EVENT_NAMES } from "../../web/wsgate.js";
 
 /** Every event a `WsGate` emits; the harness records them all. */
 export { EVENT_NAMES };

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { connected, flush } from "../test-support/fakes.mjs";
+import { connected, flush } from "./fakes.mjs";
 
 const message = (room, epoch, offset, text = `m${offset}`) => ({
   type: "message",

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { connected, flush, harness, maxRandom } from "../test-support/fakes.mjs";
+import { connected, flush, harness, maxRandom } from "./fakes.mjs";
 
 /** Fails the current socket's handshake and returns the backoff it caused. */
 function refuse(h) {

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { connected, flush, harness, watch } from "../test-support/fakes.mjs";
+import { connected, flush, harness, watch } from "./fakes.mjs";
 
 const joinedReply = (room, id, extra = {}) => ({
   type: "joined",
