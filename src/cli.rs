@@ -409,6 +409,7 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
         .with_context(|| format!("admin.listen {admin_addr}: cannot bind"))?;
     let public = listener.local_addr()?;
     let admin_local = admin_listener.local_addr()?;
+    let signals = Signals::install()?;
 
     let metrics = Arc::new(Metrics::new());
     metrics
@@ -495,7 +496,7 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
         })
     };
 
-    wait_for_signals(&running).await?;
+    signals.wait(&running).await;
 
     // Not ready from here on (before the log line, so whoever reads it sees /readyz 503).
     server
@@ -520,25 +521,50 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
     Ok(())
 }
 
+/// The process signals the gateway acts on, installed before it says it is ready: a SIGHUP
+/// sent right after the "ready" line must reload, not kill the process (the default action).
 #[cfg(unix)]
-async fn wait_for_signals(running: &Arc<Running>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => reload(running),
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Reloads on SIGHUP; returns at SIGTERM or SIGINT.
+    async fn wait(mut self, running: &Arc<Running>) {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => reload(running),
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_running: &Arc<Running>) -> anyhow::Result<()> {
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn wait(self, _running: &Arc<Running>) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// SIGHUP: re-read the file and apply what can change live, all or nothing.
