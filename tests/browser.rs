@@ -125,15 +125,7 @@ async fn message_markup_is_shown_as_text_never_run() {
 
 #[tokio::test]
 async fn page_reconnects_through_a_cut_proxy_and_catches_up_in_order() {
-    let certs = Certs::new();
-    let port = free_port();
-    let proxy_listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
-    let proxy_port = proxy_listener.local_addr().unwrap().port();
-    // The page is loaded through the proxy, so its origin is the proxy's.
-    let gw = start_gateway(&certs, port, &[proxy_port]).await;
-    let proxy = Proxy::start(proxy_listener, gw.addr);
-    let browser = Browser::launch(&certs.spki_sha256()).await;
-    let page = open_chat(&browser, &gw, proxy_port, "alice").await;
+    let (_certs, gw, proxy, _browser, page) = alice_behind_a_proxy().await;
 
     // A first message gives the page a position in the room to recover from.
     publish(&gw, "before the cut").await;
@@ -274,15 +266,7 @@ async fn kicked_page_stays_disconnected() {
 
 #[tokio::test]
 async fn a_token_arriving_later_in_the_fragment_does_not_switch_the_account() {
-    let certs = Certs::new();
-    let port = free_port();
-    let proxy_listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
-    let proxy_port = proxy_listener.local_addr().unwrap().port();
-    // Through a proxy, so the test can also force a reconnect.
-    let gw = start_gateway(&certs, port, &[proxy_port]).await;
-    let proxy = Proxy::start(proxy_listener, gw.addr);
-    let browser = Browser::launch(&certs.spki_sha256()).await;
-    let page = open_chat(&browser, &gw, proxy_port, "alice").await;
+    let (_certs, gw, proxy, _browser, page) = alice_behind_a_proxy().await;
     page.eval("window.__aliceGate = window.__wsgate").await;
     let skip = gw.log_len();
 
@@ -452,6 +436,20 @@ async fn start_gateway(certs: &Certs, port: u16, origin_ports: &[u16]) -> Gatewa
 }
 
 /// Fresh certificates, a free port, the gateway on it (pages from that port allowed) and a
+/// alice's chat page loaded through a [`Proxy`] the test can cut (the page's origin is the
+/// proxy's), with the gateway, the proxy, the browser and the page.
+async fn alice_behind_a_proxy() -> (Certs, Gateway, Proxy, Browser, Page) {
+    let certs = Certs::new();
+    let port = free_port();
+    let proxy_listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+    let proxy_port = proxy_listener.local_addr().unwrap().port();
+    let gw = start_gateway(&certs, port, &[proxy_port]).await;
+    let proxy = Proxy::start(proxy_listener, gw.addr);
+    let browser = Browser::launch(&certs.spki_sha256()).await;
+    let page = open_chat(&browser, &gw, proxy_port, "alice").await;
+    (certs, gw, proxy, browser, page)
+}
+
 /// browser trusting the certificates.
 async fn gateway_and_browser() -> (Certs, u16, Gateway, Browser) {
     let certs = Certs::new();

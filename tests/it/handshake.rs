@@ -4,7 +4,7 @@
 //! key selection by `kid`, certificate reload on SIGHUP, and the CLI subcommands.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -18,7 +18,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wsgate::auth::unix_now;
 
 use crate::support::{
-    base_settings, sign_hs, status_code, try_tls_connect, Gateway, Settings, ORIGIN, WAIT,
+    run_wsgate, sign_hs, status_code, try_tls_connect, write_config, Gateway, Settings, ORIGIN,
+    WAIT,
 };
 
 /// `server.handshake_timeout` in the base settings.
@@ -287,15 +288,6 @@ fn file_fingerprint(pem: &Path) -> Vec<u8> {
     sha256(cert.as_ref())
 }
 
-fn wsgate(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
-    cmd.args(args).env_remove("RUST_LOG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run wsgate")
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
@@ -304,26 +296,15 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
-/// A config file made from the base settings (with real certificates), changed by `f`.
-fn config_file(dir: &Path, f: impl FnOnce(&mut Settings)) -> std::path::PathBuf {
-    wsgate::tls::generate_dev_certs(&dir.join("certs"), &wsgate::tls::default_dev_hosts())
-        .expect("certs");
-    let mut s = base_settings(dir);
-    f(&mut s);
-    let path = dir.join("wsgate.toml");
-    std::fs::write(&path, s.toml()).expect("write config");
-    path
-}
-
-/// `wsgate check-config` on a config file made by [`config_file`] with `f`.
+/// `wsgate check-config` on a config file made by [`write_config`] with `f`.
 fn check_config(f: impl FnOnce(&mut Settings)) -> Output {
     check_config_with_env(f, &[])
 }
 
 fn check_config_with_env(f: impl FnOnce(&mut Settings), env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = config_file(dir.path(), f);
-    wsgate(&["check-config", "--config", path.to_str().unwrap()], env)
+    let path = write_config(dir.path(), f);
+    run_wsgate(&["check-config", "--config", path.to_str().unwrap()], env)
 }
 
 /// Expects `check-config` to refuse `[section] key = value` and name `what` on stderr.
@@ -1140,7 +1121,7 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
 
 #[test]
 fn check_config_fails_on_a_missing_file() {
-    let out = wsgate(
+    let out = run_wsgate(
         &["check-config", "--config", "/nonexistent/wsgate-test.toml"],
         &[],
     );
@@ -1195,7 +1176,7 @@ fn check_config_applies_environment_overrides() {
 #[tokio::test]
 async fn token_command_mints_a_token_the_gateway_accepts() {
     let gw = Gateway::start().await;
-    let out = wsgate(
+    let out = run_wsgate(
         &[
             "token",
             "--sub",
@@ -1233,7 +1214,7 @@ async fn token_command_mints_a_token_the_gateway_accepts() {
 async fn gen_cert_output_serves_a_gateway_trusted_by_its_ca() {
     let out_dir = tempfile::tempdir().expect("tempdir");
     let certs = out_dir.path().join("dev");
-    let out = wsgate(
+    let out = run_wsgate(
         &[
             "gen-cert",
             "--out",
