@@ -156,11 +156,15 @@ impl ErrorCode {
         }
     }
 
-    /// Whether this refusal counts toward the "10 in a row" abuse limit (CONTRACT §5).
+    /// Whether this refusal counts toward the "10 in a row" abuse limit (CONTRACT §4, §5):
+    /// an invalid `refresh` too, since each one costs a signature check.
     pub fn counts_as_abuse(&self) -> bool {
         matches!(
             self,
-            ErrorCode::BadRequest | ErrorCode::Forbidden | ErrorCode::NotJoined
+            ErrorCode::BadRequest
+                | ErrorCode::Forbidden
+                | ErrorCode::NotJoined
+                | ErrorCode::TokenInvalid
         )
     }
 }
@@ -188,6 +192,10 @@ pub enum ServerMsg<'a> {
     },
     Left {
         room: &'a str,
+        /// Why the server made the session leave (`forbidden`: a refreshed token no longer
+        /// allows the room); absent when the client asked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
     },

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info_span};
+use tracing::{debug, info_span, warn};
 
 use crate::auth::{unix_now, Identity};
 use crate::broker::Publication;
@@ -37,10 +37,11 @@ use crate::sanitize::parse_client;
 const MAX_BATCH: usize = 256;
 /// Refused messages in a row that close the connection (CONTRACT §5).
 const MAX_REFUSED_STREAK: u32 = 10;
-/// How long publishing past the rate limit may go on before 1008 (CONTRACT §5).
+/// How long sending past a rate limit may go on before 1008 (CONTRACT §5). Publishes and
+/// commands (join, leave, refresh) alike: a client stuck in a join/leave loop is flooding too.
 const FLOOD_LIMIT: Duration = Duration::from_secs(5);
-/// A pause this long between rate-limited publishes ends a flood. The publishes the bucket
-/// lets through meanwhile (one per refill) do not: a client sending far above its rate still
+/// A pause this long between rate-limited requests ends a flood. The requests the buckets
+/// let through meanwhile (one per refill) do not: a client sending far above its rate still
 /// gets one through now and then, and is flooding all the same.
 const FLOOD_PAUSE: Duration = Duration::from_secs(1);
 /// How long a close frame may take to leave once the session has decided to end.
@@ -93,6 +94,8 @@ where
     .to_text();
     handle.send(Outbound::Frame(Utf8Bytes::from(welcome)), &shared.metrics);
     let limiter = MessageLimiter::new(live.limits.messages_per_second, live.limits.burst);
+    let commands =
+        MessageLimiter::new(live.limits.commands_per_second, live.limits.command_burst);
     let mut session = Box::new(Session {
         ws,
         rx,
@@ -101,6 +104,7 @@ where
         identity: accepted.identity,
         joined: HashSet::new(),
         limiter,
+        commands,
         refused_streak: 0,
         flood: None,
         last_seen: Instant::now(),
@@ -122,10 +126,16 @@ struct Session<S> {
     handle: SessionHandle,
     identity: Identity,
     joined: HashSet<RoomName>,
+    /// The publish bucket (`limits.messages_per_second`, `burst`).
     limiter: MessageLimiter,
+    /// The join/leave/refresh bucket (`limits.commands_per_second`, `command_burst`).
+    commands: MessageLimiter,
     refused_streak: u32,
-    /// The current run of rate-limited publishes: when it began, and its latest refusal.
+    /// The current run of rate-limited requests: when it began, and its latest refusal.
     flood: Option<(Instant, Instant)>,
+    /// The last pong or text message from the client: what keeps a connection from idling
+    /// out. A client's own pings do not count (CONTRACT §2: "no pong/data"), or a ping flood
+    /// would keep a connection that never answers the server open forever.
     last_seen: Instant,
     /// Live publications written in the current batch, settled after its flush.
     settled: Vec<Arc<Publication>>,
@@ -167,42 +177,14 @@ where
         let cancelled = ctl.token().clone().cancelled_owned();
         tokio::pin!(cancelled);
 
+        // Biased, and the timers first: a client that keeps its socket always readable (a
+        // ping flood) must not starve the expiry and idle checks. They are ready once per
+        // interval at most, so they cannot starve the queue or the socket in turn.
         let code = loop {
             tokio::select! {
                 biased;
                 _ = &mut cancelled => break Some(ctl.code()),
-                item = self.rx.recv() => {
-                    let Some(item) = item else { break Some(close::INTERNAL) };
-                    let write = write_batch(&mut self.ws, item, &mut self.rx, &mut self.settled, &self.shared);
-                    let r = tokio::select! {
-                        r = write => r,
-                        _ = &mut cancelled => Err(WriteError::Cancelled),
-                    };
-                    match r {
-                        Ok(()) => {}
-                        Err(WriteError::Cancelled) => break Some(ctl.code()),
-                        Err(WriteError::Socket) => break None,
-                    }
-                }
-                msg = self.ws.next() => {
-                    self.last_seen = Instant::now();
-                    match msg {
-                        None => break None,
-                        Some(Ok(Message::Text(text))) => {
-                            if let Some(code) = self.on_text(&text, &mut expiry) {
-                                break Some(code);
-                            }
-                        }
-                        Some(Ok(Message::Binary(_))) => break Some(close::UNSUPPORTED),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                        Some(Ok(Message::Close(_))) => {
-                            // tungstenite has queued the reply; send it and stop.
-                            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.flush()).await;
-                            break None;
-                        }
-                        Some(Err(e)) => break read_error_code(&e),
-                    }
-                }
+                _ = &mut expiry => break Some(close::EXPIRED),
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() >= idle_timeout {
                         break Some(close::IDLE);
@@ -218,7 +200,40 @@ where
                         Err(WriteError::Socket) => break None,
                     }
                 }
-                _ = &mut expiry => break Some(close::EXPIRED),
+                item = self.rx.recv() => {
+                    let Some(item) = item else { break Some(close::INTERNAL) };
+                    let write = write_batch(&mut self.ws, item, &mut self.rx, &mut self.settled, &self.shared);
+                    let r = tokio::select! {
+                        r = write => r,
+                        _ = &mut cancelled => Err(WriteError::Cancelled),
+                    };
+                    match r {
+                        Ok(()) => {}
+                        Err(WriteError::Cancelled) => break Some(ctl.code()),
+                        Err(WriteError::Socket) => break None,
+                    }
+                }
+                msg = self.ws.next() => {
+                    match msg {
+                        None => break None,
+                        Some(Ok(Message::Text(text))) => {
+                            self.last_seen = Instant::now();
+                            if let Some(code) = self.on_text(&text, &mut expiry) {
+                                break Some(code);
+                            }
+                        }
+                        Some(Ok(Message::Pong(_))) => self.last_seen = Instant::now(),
+                        Some(Ok(Message::Binary(_))) => break Some(close::UNSUPPORTED),
+                        // tungstenite answers pings itself.
+                        Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Close(_))) => {
+                            // tungstenite has queued the reply; send it and stop.
+                            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.flush()).await;
+                            break None;
+                        }
+                        Some(Err(e)) => break read_error_code(&e),
+                    }
+                }
             }
         };
 
@@ -271,6 +286,28 @@ where
         );
     }
 
+    /// Answers a request refused by a rate limit; returns 1008 once the client has gone on
+    /// past its limits for [`FLOOD_LIMIT`]. Not counted toward the refusals in a row.
+    fn rate_limited(&mut self, id: Option<&RequestId>, message: &str) -> Option<u16> {
+        let now = Instant::now();
+        let began = match self.flood {
+            Some((began, last)) if now.duration_since(last) < FLOOD_PAUSE => began,
+            _ => now,
+        };
+        self.flood = Some((began, now));
+        if now.duration_since(began) >= FLOOD_LIMIT {
+            return Some(close::POLICY);
+        }
+        self.refuse(id, ErrorCode::RateLimited, message)
+    }
+
+    /// Takes one token from the command bucket (join, leave, refresh), following a reload.
+    fn command_allowed(&mut self, limits: &crate::config::LimitsConfig) -> bool {
+        self.commands
+            .set_rate(limits.commands_per_second, limits.command_burst);
+        self.commands.allow()
+    }
+
     /// Answers a refusal; returns a close code when the abuse limit is reached.
     fn refuse(&mut self, id: Option<&RequestId>, code: ErrorCode, message: &str) -> Option<u16> {
         self.reply(ServerMsg::Error { id, code, message });
@@ -312,6 +349,9 @@ where
         };
         match msg {
             ClientMsg::Join { room, since, id } => {
+                if !self.command_allowed(&live.limits) {
+                    return self.rate_limited(id.as_ref(), &commands_exceeded(&live.limits));
+                }
                 if !self.identity.rooms.allows(room.as_str()) {
                     return self.refuse(
                         id.as_ref(),
@@ -351,12 +391,16 @@ where
                 }
             }
             ClientMsg::Leave { room, id } => {
+                if !self.command_allowed(&live.limits) {
+                    return self.rate_limited(id.as_ref(), &commands_exceeded(&live.limits));
+                }
                 if !self.joined.remove(&room) {
                     return self.refuse(id.as_ref(), ErrorCode::NotJoined, "not in this room");
                 }
                 self.shared.hub.leave(&self.handle, &room, true);
                 self.reply(ServerMsg::Left {
                     room: room.as_str(),
+                    reason: None,
                     id: id.as_ref(),
                 });
             }
@@ -368,22 +412,12 @@ where
                         "join the room before publishing",
                     );
                 }
-                let want = (live.limits.messages_per_second, live.limits.burst);
-                if self.limiter.rate() != want {
-                    self.limiter = MessageLimiter::new(want.0, want.1);
-                }
+                self.limiter
+                    .set_rate(live.limits.messages_per_second, live.limits.burst);
                 if !self.limiter.allow() {
-                    let now = Instant::now();
-                    let began = match self.flood {
-                        Some((began, last)) if now.duration_since(last) < FLOOD_PAUSE => began,
-                        _ => now,
-                    };
-                    self.flood = Some((began, now));
-                    if now.duration_since(began) >= FLOOD_LIMIT {
-                        return Some(close::POLICY);
-                    }
-                    let message = format!("{} messages/s exceeded", want.0);
-                    return self.refuse(id.as_ref(), ErrorCode::RateLimited, &message);
+                    let message =
+                        format!("{} messages/s exceeded", live.limits.messages_per_second);
+                    return self.rate_limited(id.as_ref(), &message);
                 }
                 match self.shared.hub.publish(
                     &room,
@@ -400,46 +434,67 @@ where
                         }
                     }
                     Err(e) => {
+                        // The cause stays in the log: broker details are not the client's.
+                        warn!(room = %room, error = %e, "publish failed");
                         self.reply(ServerMsg::Error {
                             id: id.as_ref(),
                             code: ErrorCode::Internal,
-                            message: &e.to_string(),
+                            message: "the message could not be published",
                         });
                     }
                 }
             }
-            ClientMsg::Refresh { token, id } => match live.verifier.verify(&token) {
-                Err(e) => {
-                    self.reply(ServerMsg::Error {
-                        id: id.as_ref(),
-                        code: ErrorCode::TokenInvalid,
-                        message: &e.to_string(),
-                    });
-                    // Not a valid message: the abuse count is neither raised nor reset.
-                    return None;
+            ClientMsg::Refresh { token, id } => {
+                if !self.command_allowed(&live.limits) {
+                    return self.rate_limited(id.as_ref(), &commands_exceeded(&live.limits));
                 }
-                Ok(next) if next.user != self.identity.user => {
+                let next = match live.verifier.verify(&token) {
+                    Ok(next) => next,
+                    Err(e) => {
+                        return self.refuse(id.as_ref(), ErrorCode::TokenInvalid, &e.to_string())
+                    }
+                };
+                if next.user != self.identity.user {
                     return self.refuse(
                         id.as_ref(),
                         ErrorCode::Forbidden,
                         "a refresh token must be for the same user",
                     );
                 }
-                Ok(next) => {
-                    expiry
-                        .as_mut()
-                        .reset(expiry_instant(next.expires_at, live.leeway_secs));
-                    self.reply(ServerMsg::Refreshed {
-                        expires_at: next.expires_at,
-                        id: id.as_ref(),
+                expiry
+                    .as_mut()
+                    .reset(expiry_instant(next.expires_at, live.leeway_secs));
+                self.reply(ServerMsg::Refreshed {
+                    expires_at: next.expires_at,
+                    id: id.as_ref(),
+                });
+                // Rooms the new token no longer allows are left, as if the client had asked.
+                let revoked: Vec<RoomName> = self
+                    .joined
+                    .iter()
+                    .filter(|room| !next.rooms.allows(room.as_str()))
+                    .cloned()
+                    .collect();
+                for room in revoked {
+                    self.joined.remove(&room);
+                    self.shared.hub.leave(&self.handle, &room, true);
+                    self.reply(ServerMsg::Left {
+                        room: room.as_str(),
+                        reason: Some("forbidden"),
+                        id: None,
                     });
-                    self.identity = next;
                 }
-            },
+                self.identity = next;
+            }
         }
         self.refused_streak = 0;
         None
     }
+}
+
+/// The refusal text for a request past the command bucket.
+fn commands_exceeded(limits: &crate::config::LimitsConfig) -> String {
+    format!("{} commands/s exceeded", limits.commands_per_second)
 }
 
 /// The close code for a read error, or `None` when the connection is simply gone.
