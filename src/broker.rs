@@ -110,11 +110,11 @@ const TICK: Duration = Duration::from_millis(100);
 /// three allocations.
 pub const ENTRY_OVERHEAD: usize =
     size_of::<Publication>() + 2 * size_of::<usize>() + 32 + size_of::<usize>() + 3 * 16;
-/// What a room that has history costs besides its entries: its stream in an `Arc<Mutex<_>>`,
-/// a map slot (hash maps run at most 7/8 full, often half: counted twice), its name (64 bytes
-/// at most) and epoch, an index entry with B-tree slack (counted twice), and allocator
-/// headers. Rooms nobody is in live only for their history, so they are paid for from the
-/// same budget.
+/// What a room in the last-publish index costs besides its entries: its stream in an
+/// `Arc<Mutex<_>>`, a map slot (hash maps run at most 7/8 full, often half: counted twice),
+/// its name (64 bytes at most) and epoch, an index entry with B-tree slack (counted twice),
+/// and allocator headers. Rooms nobody is in are kept only for recovery, so they are paid for
+/// from the same budget as the history.
 pub const ROOM_OVERHEAD: usize = size_of::<Mutex<Stream>>()
     + 2 * size_of::<usize>()
     + 2 * size_of::<(RoomName, Arc<Mutex<Stream>>)>()
@@ -133,9 +133,13 @@ struct Stream {
     cost: usize,
     /// When the last message was published: the history is kept `ttl` after it.
     last_publish: Instant,
+    /// The later of the last publish and the last member leaving: a room nobody is in is
+    /// kept (its epoch, offsets and history) `ttl` after it.
+    last_active: Instant,
     subscribers: usize,
-    /// The room's key in the last-publish index while it has history, and the tick it was
-    /// taken in.
+    /// The room's key in the index, and the tick it was taken in. Every room that has
+    /// history or nobody in it is in the index (which may also hold some rooms that have
+    /// members again: the upkeep drops them when it meets them).
     index_key: Option<(u64, u64)>,
     /// Set when the stream left the map: whoever raced with that looks the room up again.
     removed: bool,
@@ -150,16 +154,18 @@ impl Stream {
             frame_bytes: 0,
             cost: 0,
             last_publish: Instant::now(),
+            last_active: Instant::now(),
             subscribers: 0,
             index_key: None,
             removed: false,
         }
     }
 
-    /// What the history costs in the budget. An empty history holds no buffer (see
-    /// `publish` and `drop_history`), so it costs nothing.
+    /// What the room costs in the budget: nothing once it left the map, or while it has
+    /// members and no history (an empty history holds no buffer, see `publish` and
+    /// `drop_history`).
     fn history_cost(&self) -> usize {
-        if self.history.is_empty() {
+        if self.removed || (self.history.is_empty() && self.subscribers > 0) {
             return 0;
         }
         ROOM_OVERHEAD
@@ -169,9 +175,9 @@ impl Stream {
     }
 }
 
-/// Rooms that have history, by last publish: the front is the room idle longest. Keys come
-/// from one counter, taken whenever a room moves (at most once per tick), so their order is
-/// the order of the rooms' last moves.
+/// Rooms that have history or nobody in them, by last activity (publish, last member
+/// leaving): the front is the room idle longest. Keys come from one counter, taken whenever a
+/// room moves (at most once per tick), so their order is the order of the rooms' last moves.
 #[derive(Default)]
 struct Index {
     by_age: BTreeMap<u64, RoomName>,
@@ -252,25 +258,33 @@ impl MemoryBroker {
         &self.shards[n]
     }
 
-    fn stream(&self, room: &RoomName) -> Arc<Mutex<Stream>> {
+    /// The room's stream, and whether it was made just now.
+    fn stream(&self, room: &RoomName) -> (Arc<Mutex<Stream>>, bool) {
         let mut map = lock(self.shard(room));
         if let Some(stream) = map.get(room) {
-            return stream.clone();
+            return (stream.clone(), false);
         }
         let stream = Arc::new(Mutex::new(Stream::new()));
         map.insert(room.clone(), stream.clone());
         self.rooms.fetch_add(1, Ordering::Relaxed);
-        stream
+        (stream, true)
     }
 
     /// Runs `f` on the room's stream, created when missing, never on one that left the map.
     fn with_stream<R>(&self, room: &RoomName, f: impl FnOnce(&mut Stream) -> R) -> R {
         loop {
-            let stream = self.stream(room);
+            let (stream, created) = self.stream(room);
             let mut s = lock(&stream);
-            if !s.removed {
-                return f(&mut s);
+            if s.removed {
+                continue;
             }
+            if created {
+                // Nobody is in it yet: like every such room, it is in the index (and paid
+                // for) until it gets members, or expires.
+                self.touch(&mut s, room);
+                self.account(&mut s);
+            }
+            return f(&mut s);
         }
     }
 
@@ -291,9 +305,9 @@ impl MemoryBroker {
         (at.saturating_duration_since(self.started).as_nanos() / self.tick.as_nanos().max(1)) as u64
     }
 
-    /// Moves a room that has just got a message to the young end of the index (once a tick).
+    /// Moves a room that was just active to the young end of the index (once a tick).
     fn touch(&self, s: &mut Stream, room: &RoomName) {
-        let tick = self.tick(s.last_publish);
+        let tick = self.tick(s.last_active);
         if matches!(s.index_key, Some((_, t)) if t == tick) {
             return;
         }
@@ -307,15 +321,15 @@ impl MemoryBroker {
         s.index_key = Some((key, tick));
     }
 
-    /// The room idle longest among those with history.
+    /// The room idle longest among those in the index.
     fn oldest(&self) -> Option<(u64, RoomName)> {
         let index = lock(&self.index);
         index.by_age.first_key_value().map(|(k, r)| (*k, r.clone()))
     }
 
     /// Drops the history of the room at index `key` when `due` says so, and the room itself
-    /// when nobody is in it (it starts afresh, with a new epoch). Returns false when the room
-    /// is kept as it was.
+    /// when nobody is in it (it starts afresh, with a new epoch); a room with members leaves
+    /// the index. Returns false when the room is kept as it was.
     fn drop_history(&self, key: u64, room: &RoomName, due: impl Fn(&Stream) -> bool) -> bool {
         let mut map = lock(self.shard(room));
         let stream = map.get(room).cloned();
@@ -334,14 +348,17 @@ impl MemoryBroker {
         }
         s.history = VecDeque::new();
         s.frame_bytes = 0;
-        self.account(&mut s);
         lock(&self.index).by_age.remove(&key);
         s.index_key = None;
-        if s.subscribers == 0 {
-            s.removed = true;
+        s.removed = s.subscribers == 0;
+        self.account(&mut s);
+        if s.removed {
             drop(s);
             map.remove(room);
             self.rooms.fetch_sub(1, Ordering::Relaxed);
+            if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+                map.shrink_to_fit();
+            }
         }
         true
     }
@@ -355,24 +372,6 @@ impl MemoryBroker {
             self.drop_history(key, &room, |_| true);
         }
     }
-
-    /// Forgets a room that keeps nothing: no members, no history.
-    fn forget_if_unused(&self, room: &RoomName) {
-        let mut map = lock(self.shard(room));
-        let Some(stream) = map.get(room).cloned() else {
-            return;
-        };
-        let mut s = lock(&stream);
-        if s.subscribers == 0 && s.history.is_empty() {
-            s.removed = true;
-            drop(s);
-            map.remove(room);
-            self.rooms.fetch_sub(1, Ordering::Relaxed);
-            if map.capacity() > 64 && map.len() < map.capacity() / 4 {
-                map.shrink_to_fit();
-            }
-        }
-    }
 }
 
 impl Broker for MemoryBroker {
@@ -383,10 +382,11 @@ impl Broker for MemoryBroker {
     fn publish(&self, req: PublishRequest<'_>) -> Result<u64, BrokerError> {
         let settings = **self.settings.load();
         let handler = self.handler.get().and_then(Weak::upgrade);
-        let (offset, unused) = self.with_stream(req.room, |s| {
+        let offset = self.with_stream(req.room, |s| {
             s.last_offset += 1;
             let offset = s.last_offset;
             s.last_publish = Instant::now();
+            s.last_active = s.last_publish;
             let mut frame = ServerMsg::Message {
                 room: req.room.as_str(),
                 from: req.from,
@@ -416,38 +416,47 @@ impl Broker for MemoryBroker {
             if settings.size > 0 {
                 s.frame_bytes += publication.frame.len();
                 s.history.push_back(publication.clone());
-                self.touch(s, req.room);
             } else {
                 s.history = VecDeque::new();
+            }
+            if s.subscribers == 0 || !s.history.is_empty() {
+                self.touch(s, req.room);
             }
             self.account(s);
             // Delivered under the stream lock, so every node sees offsets in order.
             if let Some(h) = handler {
                 h.on_publication(req.room, publication);
             }
-            (offset, s.subscribers == 0 && s.history.is_empty())
+            offset
         });
-        if unused {
-            self.forget_if_unused(req.room);
-        }
         self.enforce_budget(settings.max_bytes);
         Ok(offset)
     }
 
     fn subscribe(&self, room: &RoomName) {
-        self.with_stream(room, |s| s.subscribers += 1);
+        self.with_stream(room, |s| {
+            s.subscribers += 1;
+            self.account(s);
+        });
     }
 
     fn unsubscribe(&self, room: &RoomName) {
+        let max_bytes = self.settings.load().max_bytes;
         let stream = lock(self.shard(room)).get(room).cloned();
-        if let Some(stream) = stream {
+        let Some(stream) = stream else {
+            return;
+        };
+        {
             let mut s = lock(&stream);
             s.subscribers = s.subscribers.saturating_sub(1);
-            if s.subscribers > 0 || !s.history.is_empty() {
-                return;
+            if s.subscribers == 0 {
+                // Kept for the members' recovery after a blip, then forgotten.
+                s.last_active = Instant::now();
+                self.touch(&mut s, room);
+                self.account(&mut s);
             }
         }
-        self.forget_if_unused(room);
+        self.enforce_budget(max_bytes);
     }
 
     fn recover(&self, room: &RoomName, since: Option<&Since>) -> Recovery {
@@ -488,11 +497,15 @@ impl Broker for MemoryBroker {
 
     fn sweep(&self, now: Instant) {
         let settings = **self.settings.load();
-        // Expired history sits at the front of the index. Its order is exact to a tick, so a
-        // room can expire up to one tick (plus one upkeep period) late; `recover` checks the
-        // ttl itself, so recovery never replays expired history.
+        // Rooms idle past the ttl sit at the front of the index. Its order is exact to a tick,
+        // so a room can expire up to one tick (plus one upkeep period) late; `recover` checks
+        // the ttl of the history itself, so recovery never replays expired history.
         while let Some((key, room)) = self.oldest() {
-            let expired = |s: &Stream| now.saturating_duration_since(s.last_publish) > settings.ttl;
+            // A room that has members again and no history only leaves the index.
+            let expired = |s: &Stream| {
+                now.saturating_duration_since(s.last_active) > settings.ttl
+                    || (s.subscribers > 0 && s.history.is_empty())
+            };
             if !self.drop_history(key, &room, expired) {
                 break;
             }
@@ -577,7 +590,6 @@ mod tests {
         assert!(!r.recovered, "old lost its history");
         assert_ne!(*r.epoch, *old_since.epoch, "nobody was in old: it starts afresh");
         assert_eq!(r.offset, 0);
-        b.unsubscribe(old); // recover made it anew; nobody is in it
         assert!(b.recover(mid, Some(&mid_since)).recovered);
         assert_eq!(b.recover(busy, Some(&since(&b, busy, 0))).publications.len(), 2);
 
@@ -634,6 +646,24 @@ mod tests {
         assert_eq!(b.room_count(), 1);
         assert!(b.recover(c, Some(&since(&b, c, 0))).recovered);
         assert!(!b.recover(a, Some(&a_since)).recovered);
+    }
+
+    #[test]
+    fn a_room_everyone_left_keeps_its_epoch_until_the_ttl() {
+        let b = budget_broker(u64::MAX);
+        let room = RoomName::parse("r").unwrap();
+        b.subscribe(&room);
+        let at = since(&b, &room, 0);
+        b.unsubscribe(&room);
+        let left = Instant::now();
+        b.sweep(left);
+        assert!(b.recover(&room, Some(&at)).recovered, "a blip loses nothing");
+        b.sweep(left + Duration::from_secs(61));
+        assert_eq!(b.room_count(), 0);
+        // Members again: the room is paid for by nobody's budget.
+        b.subscribe(&room);
+        b.sweep(Instant::now());
+        assert_eq!((b.room_count(), b.history_bytes()), (1, 0));
     }
 
     fn publish(b: &MemoryBroker, room: &RoomName, n: u64) -> u64 {

@@ -3,5 +3,6 @@
 mod admin;
 mod handshake;
 mod hub;
+mod session;
 mod smoke;
 mod support;
