@@ -104,8 +104,10 @@ async fn flooding_commands_for_five_seconds_closes_with_1008() {
         }
     });
     let mut limited = 0u64;
+    // Replies keep coming while the flood is not stopped: bound the whole wait.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5) + WAIT;
     let code = loop {
-        let next = tokio::time::timeout(WAIT, rx.next())
+        let next = tokio::time::timeout_at(deadline, rx.next())
             .await
             .expect("the flood is closed in time");
         match next {
@@ -304,8 +306,8 @@ async fn flood_raw_pings(client: RawClient) -> Option<u16> {
         mut write,
         buf,
     } = client;
-    // 64 masked, empty pings per write.
-    let pings: Vec<u8> = [0x89u8, 0x80, 1, 2, 3, 4].repeat(64);
+    // 1024 masked, empty pings per write.
+    let pings: Vec<u8> = [0x89u8, 0x80, 1, 2, 3, 4].repeat(1024);
     let reader = tokio::spawn(RawClient::close_code(read, buf));
     let writer = tokio::spawn(async move { while write.write_all(&pings).await.is_ok() {} });
     let code = tokio::time::timeout(WAIT, reader)
@@ -330,6 +332,9 @@ async fn a_ping_flood_that_never_answers_pings_is_closed_with_4000() {
     assert!(started.elapsed() >= idle, "closed after {:?}", started.elapsed());
 }
 
+/// The largest payload a ping may carry: the most work per frame for the server.
+const PING_PAYLOAD: &[u8] = &[b'p'; 125];
+
 #[tokio::test]
 async fn a_ping_flood_does_not_outlive_its_token() {
     let gw = Gateway::start().await;
@@ -340,8 +345,8 @@ async fn a_ping_flood_does_not_outlive_its_token() {
     let (mut tx, mut rx) = client.ws.split();
     let writer = tokio::spawn(async move {
         loop {
-            for _ in 0..64 {
-                if tx.feed(Message::Ping(Default::default())).await.is_err() {
+            for _ in 0..256 {
+                if tx.feed(Message::Ping(PING_PAYLOAD.into())).await.is_err() {
                     return;
                 }
             }
@@ -528,3 +533,4 @@ async fn over_the_history_budget_the_idle_room_loses_its_history_first() {
         assert_eq!((&m["offset"], &m["data"]), (&json!(offset), &json!(text)));
     }
 }
+
