@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::Gateway;
 
+/// Rooms sent back to back before waiting for the server's replies.
+const BATCH: u64 = 100;
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -25,11 +28,12 @@ async fn main() {
     let budget = args.next().unwrap_or_else(|| "8MiB".to_string());
     let gw = Gateway::start_with(|s| {
         s.set("rooms", "history_max_bytes", json!(budget))
-            .set("log", "level", json!("warn"))
             .unlimited_rate();
     })
     .await;
     let mut client = gw.connect("churner").await;
+    // Small frames back to back: do not wait for acknowledgements to send the next one.
+    let _ = client.ws.get_ref().get_ref().0.set_nodelay(true);
     let text = "x".repeat(200);
     println!("history_max_bytes {budget}, {seconds} s, 200-byte messages");
     println!(
@@ -41,16 +45,25 @@ async fn main() {
     let mut next_report = Duration::from_secs(10);
     let mut n: u64 = 0;
     while start.elapsed() < Duration::from_secs(seconds) {
-        let room = format!("churn-{n}");
-        client.send(json!({"type":"join","room":room})).await;
-        client
-            .send(json!({"type":"publish","room":room,"data":{"text":text}}))
-            .await;
-        let left = client
-            .request(json!({"type":"leave","room":room}), n)
-            .await;
-        assert_eq!(left["type"], "left", "{left}");
-        n += 1;
+        // A batch of rooms back to back, then the last leave's reply.
+        for _ in 0..BATCH {
+            let room = format!("churn-{n}");
+            client.send(json!({"type":"join","room":room})).await;
+            client
+                .send(json!({"type":"publish","room":room,"data":{"text":text}}))
+                .await;
+            client
+                .send(json!({"type":"leave","room":room,"id":n}))
+                .await;
+            n += 1;
+        }
+        loop {
+            let r = client.recv().await;
+            assert!(r["type"] != "error", "{r}");
+            if r["type"] == "left" && r["id"] == n - 1 {
+                break;
+            }
+        }
         if start.elapsed() >= next_report {
             println!(
                 "{:>6} {:>10} {:>10} {:>10}",

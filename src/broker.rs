@@ -576,7 +576,7 @@ mod tests {
         let old_since = since(&b, old, 0);
         let mid_since = since(&b, mid, 0);
         b.subscribe(mid); // mid has a member: it keeps its epoch and offsets
-        // Room for about one room less than there is.
+                          // Room for about one room less than there is.
         let total = b.history_bytes() as u64;
         b.set_history(HistorySettings {
             size: 10,
@@ -584,14 +584,22 @@ mod tests {
             max_bytes: total - 1,
         });
         b.sweep(Instant::now());
-        assert!(b.history_bytes() as u64 <= total - 1);
+        assert!((b.history_bytes() as u64) < total);
         assert_eq!(b.room_count(), 2, "only the oldest went: mid and busy stay");
         let r = b.recover(old, Some(&old_since));
         assert!(!r.recovered, "old lost its history");
-        assert_ne!(*r.epoch, *old_since.epoch, "nobody was in old: it starts afresh");
+        assert_ne!(
+            *r.epoch, *old_since.epoch,
+            "nobody was in old: it starts afresh"
+        );
         assert_eq!(r.offset, 0);
         assert!(b.recover(mid, Some(&mid_since)).recovered);
-        assert_eq!(b.recover(busy, Some(&since(&b, busy, 0))).publications.len(), 2);
+        assert_eq!(
+            b.recover(busy, Some(&since(&b, busy, 0)))
+                .publications
+                .len(),
+            2
+        );
 
         // Tighter: mid (idle longer than busy) goes next, but keeps its epoch: it has a member.
         b.set_history(HistorySettings {
@@ -603,13 +611,21 @@ mod tests {
         let r = b.recover(mid, Some(&mid_since));
         assert!(!r.recovered && r.publications.is_empty());
         assert_eq!((&*r.epoch, r.offset), (&*mid_since.epoch, 1));
-        assert_eq!(b.recover(busy, Some(&since(&b, busy, 0))).publications.len(), 2);
+        assert_eq!(
+            b.recover(busy, Some(&since(&b, busy, 0)))
+                .publications
+                .len(),
+            2
+        );
     }
 
     #[test]
     fn publishing_keeps_all_history_within_the_budget() {
         let entry = entry_cost();
-        assert!(entry > ENTRY_OVERHEAD, "an entry costs its frame and overhead");
+        assert!(
+            entry > ENTRY_OVERHEAD,
+            "an entry costs its frame and overhead"
+        );
         // Room for about three rooms with one message each.
         let max = (3 * (ROOM_OVERHEAD + entry)) as u64;
         let b = budget_broker(max);
@@ -619,7 +635,10 @@ mod tests {
         let mut positions = Vec::new();
         for room in &names {
             publish(&b, room, 1);
-            assert!(b.history_bytes() as u64 <= max, "over budget after a publish");
+            assert!(
+                b.history_bytes() as u64 <= max,
+                "over budget after a publish"
+            );
             positions.push(since(&b, room, 0));
         }
         // The newest rooms still recover; the oldest were forgotten (a new epoch).
@@ -627,7 +646,10 @@ mod tests {
         assert!(b.recover(&names[48], Some(&positions[48])).recovered);
         let r = b.recover(&names[0], Some(&positions[0]));
         assert!(!r.recovered && *r.epoch != *positions[0].epoch);
-        assert!(b.room_count() <= 4 + 1, "rooms without history are not kept");
+        assert!(
+            b.room_count() <= 4 + 1,
+            "rooms without history are not kept"
+        );
     }
 
     #[test]
@@ -657,7 +679,10 @@ mod tests {
         b.unsubscribe(&room);
         let left = Instant::now();
         b.sweep(left);
-        assert!(b.recover(&room, Some(&at)).recovered, "a blip loses nothing");
+        assert!(
+            b.recover(&room, Some(&at)).recovered,
+            "a blip loses nothing"
+        );
         b.sweep(left + Duration::from_secs(61));
         assert_eq!(b.room_count(), 0);
         // Members again: the room is paid for by nobody's budget.

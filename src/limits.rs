@@ -199,11 +199,6 @@ impl MessageLimiter {
             .push((old, std::time::Instant::now() + refill));
         self.rate = (per_second, burst);
     }
-
-    /// The `(per_second, burst)` this bucket enforces.
-    pub fn rate(&self) -> (u32, u32) {
-        self.rate
-    }
 }
 
 #[cfg(test)]
@@ -259,7 +254,6 @@ mod tests {
         let mut l = MessageLimiter::new(1, 3);
         assert!(l.allow() && l.allow() && l.allow());
         l.set_rate(2, 50);
-        assert_eq!(l.rate(), (2, 50));
         assert!(!l.allow(), "the replaced bucket is still empty");
         l.set_rate(1, 3);
         assert!(!l.allow(), "and stays checked across a second reload");

@@ -168,7 +168,10 @@ pub fn top_level_id(text: &str) -> Option<RequestId> {
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while b.get(i).is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r')) {
+    while b
+        .get(i)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
         i += 1;
     }
     i
@@ -256,9 +259,7 @@ fn parse_checked(text: &str) -> Result<ClientMsg, String> {
         }),
         "publish" => {
             let room = room(env.room)?;
-            let mut data = env
-                .data
-                .ok_or("missing field `data` (null is not data)")?;
+            let mut data = env.data.ok_or("missing field `data` (null is not data)")?;
             sanitize_value(&mut data);
             Ok(ClientMsg::Publish { room, data, id })
         }
@@ -368,8 +369,14 @@ mod tests {
             (r#"{"type":"dance","id":1}"#, Value::from(1)),
             (r#"{"type":5,"id":2}"#, Value::from(2)),
             (r#"{"type":["join"],"room":"r","id":3}"#, Value::from(3)),
-            (r#" { "x" : {"id":0,"s":"}\",\"id\":9"} , "id" : "a\"b" } "#, Value::from("a\"b")),
-            (r#"{"type":"join","room":"a b","id":1e3}"#, serde_json::from_str("1e3").unwrap()),
+            (
+                r#" { "x" : {"id":0,"s":"}\",\"id\":9"} , "id" : "a\"b" } "#,
+                Value::from("a\"b"),
+            ),
+            (
+                r#"{"type":"join","room":"a b","id":1e3}"#,
+                serde_json::from_str("1e3").unwrap(),
+            ),
         ];
         for (text, id) in cases {
             assert_eq!(parse_client(text).expect_err(text).id, Some(id), "{text}");
@@ -393,7 +400,10 @@ mod tests {
         let Ok(ClientMsg::Publish { data: clean, .. }) = parse_client(&text) else {
             panic!("valid publish")
         };
-        assert_eq!(crate::protocol::to_json(&clean).unwrap(), data.replace("E+", "e"));
+        assert_eq!(
+            crate::protocol::to_json(&clean).unwrap(),
+            data.replace("E+", "e")
+        );
     }
 
     #[test]
@@ -498,13 +508,17 @@ mod tests {
             prop_oneof![
                 (prop::collection::vec(inner.clone(), 0..6), ws.clone())
                     .prop_map(|(items, w)| format!("[{w}{}{w}]", items.join(&format!("{w},{w}")))),
-                (prop::collection::vec((string.clone(), inner), 0..6), ws.clone()).prop_map(
-                    |(members, w)| {
-                        let members: Vec<String> =
-                            members.iter().map(|(k, v)| format!("{k}{w}:{w}{v}")).collect();
+                (
+                    prop::collection::vec((string.clone(), inner), 0..6),
+                    ws.clone()
+                )
+                    .prop_map(|(members, w)| {
+                        let members: Vec<String> = members
+                            .iter()
+                            .map(|(k, v)| format!("{k}{w}:{w}{v}"))
+                            .collect();
                         format!("{{{w}{}{w}}}", members.join(","))
-                    }
-                ),
+                    }),
             ]
         })
     }

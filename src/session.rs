@@ -94,8 +94,7 @@ where
     .to_text();
     handle.send(Outbound::Frame(Utf8Bytes::from(welcome)), &shared.metrics);
     let limiter = MessageLimiter::new(live.limits.messages_per_second, live.limits.burst);
-    let commands =
-        MessageLimiter::new(live.limits.commands_per_second, live.limits.command_burst);
+    let commands = MessageLimiter::new(live.limits.commands_per_second, live.limits.command_burst);
     let mut session = Box::new(Session {
         ws,
         rx,
@@ -647,12 +646,9 @@ mod tests {
             sent: 0,
             written: written.clone(),
         };
-        let ws = WebSocketStream::from_raw_socket(
-            socket,
-            tungstenite::protocol::Role::Server,
-            None,
-        )
-        .await;
+        let ws =
+            WebSocketStream::from_raw_socket(socket, tungstenite::protocol::Role::Server, None)
+                .await;
         let counter = Arc::new(crate::limits::ConnectionCounter::default());
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let accepted = Accepted {

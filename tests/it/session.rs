@@ -48,7 +48,10 @@ async fn join_leave_floods_are_rate_limited_and_bystanders_see_bounded_presence(
                 first_limited.get_or_insert(id);
             }
             // A leave whose join was limited, or a join after a limited leave.
-            _ => assert!(r["code"] == "not_joined" || r["code"] == "bad_request", "{r}"),
+            _ => assert!(
+                r["code"] == "not_joined" || r["code"] == "bad_request",
+                "{r}"
+            ),
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -58,7 +61,10 @@ async fn join_leave_floods_are_rate_limited_and_bystanders_see_bounded_presence(
         first_limited as f64 >= BURST,
         "limited after {first_limited}"
     );
-    assert!(done as f64 <= allowed, "{done} commands done in {elapsed:.1}s");
+    assert!(
+        done as f64 <= allowed,
+        "{done} commands done in {elapsed:.1}s"
+    );
 
     // Every presence frame the flood caused is queued before this message.
     admin_publish(&gw, "r", json!("barrier")).await;
@@ -175,8 +181,7 @@ async fn eleven_invalid_refreshes_in_a_row_close_with_1008() {
 async fn a_refresh_leaves_the_rooms_the_new_token_no_longer_allows() {
     let gw = Gateway::start().await;
     let exp = unix_now() + 3600;
-    let token =
-        |rooms: Value| gw.token_claims(json!({"sub":"alice","exp":exp,"rooms":rooms}));
+    let token = |rooms: Value| gw.token_claims(json!({"sub":"alice","exp":exp,"rooms":rooms}));
     let mut alice = gw.connect_token(&token(json!(["team:1:*", "lobby"]))).await;
     let mut bob = gw.connect("bob").await;
     bob.join("team:1:chat").await;
@@ -329,7 +334,11 @@ async fn a_ping_flood_that_never_answers_pings_is_closed_with_4000() {
     let client = RawClient::connect(&gw, &gw.token("flooder")).await;
     let started = Instant::now();
     assert_eq!(flood_raw_pings(client).await, Some(4000));
-    assert!(started.elapsed() >= idle, "closed after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= idle,
+        "closed after {:?}",
+        started.elapsed()
+    );
 }
 
 /// The largest payload a ping may carry: the most work per frame for the server.
@@ -397,10 +406,18 @@ async fn refusals_for_depth_or_type_echo_the_request_id() {
     }
     c.send_text(r#"{"type":"dance","room":5,"id":7}"#).await;
     let r = c.recv().await;
-    assert_eq!((&r["id"], &r["code"]), (&json!(7), &json!("bad_request")), "{r}");
+    assert_eq!(
+        (&r["id"], &r["code"]),
+        (&json!(7), &json!("bad_request")),
+        "{r}"
+    );
     c.send_text(r#"{"type":{"t":"join"},"id":8}"#).await;
     let r = c.recv().await;
-    assert_eq!((&r["id"], &r["code"]), (&json!(8), &json!("bad_request")), "{r}");
+    assert_eq!(
+        (&r["id"], &r["code"]),
+        (&json!(8), &json!("bad_request")),
+        "{r}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -428,7 +445,10 @@ async fn numbers_are_relayed_as_written_and_frames_stay_within_the_limit() {
     const MAX: usize = 16384;
     let gw = Gateway::start().await;
     let (mut alice, mut bob, _) = gw.pair_in_room("alice", "r").await;
-    let data = format!("[{}1E+15,-0.0,12345678901234567890123]", "1e15,".repeat(3100));
+    let data = format!(
+        "[{}1E+15,-0.0,12345678901234567890123]",
+        "1e15,".repeat(3100)
+    );
     let text = format!(r#"{{"type":"publish","room":"r","data":{data},"id":1}}"#);
     assert!(text.len() <= MAX && text.len() > 15_500, "{}", text.len());
     alice.send_text(&text).await;
@@ -443,7 +463,10 @@ async fn numbers_are_relayed_as_written_and_frames_stay_within_the_limit() {
     let envelope = frame.len() - written.len();
     assert!(envelope < 200, "envelope of {envelope} bytes");
     assert!(frame.len() <= MAX + envelope);
-    assert_eq!(recv_raw(&mut alice).await, r#"{"type":"ack","id":1,"offset":1}"#);
+    assert_eq!(
+        recv_raw(&mut alice).await,
+        r#"{"type":"ack","id":1,"offset":1}"#
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -506,7 +529,10 @@ async fn over_the_history_budget_the_idle_room_loses_its_history_first() {
     let mut alice = gw.connect("alice").await;
     let idle_epoch = alice.join("idle").await["epoch"].clone();
     let big = "x".repeat(1500);
-    assert_eq!(publish(&mut alice, "idle", json!(big), 1).await["type"], "ack");
+    assert_eq!(
+        publish(&mut alice, "idle", json!(big), 1).await["type"],
+        "ack"
+    );
     alice
         .request(json!({"type":"leave","room":"idle"}), 2)
         .await;
@@ -516,7 +542,10 @@ async fn over_the_history_budget_the_idle_room_loses_its_history_first() {
     let busy_epoch = bob.join("busy").await["epoch"].clone();
     let text = "y".repeat(300);
     for id in 1..=4 {
-        assert_eq!(publish(&mut bob, "busy", json!(text), id).await["type"], "ack");
+        assert_eq!(
+            publish(&mut bob, "busy", json!(text), id).await["type"],
+            "ack"
+        );
     }
 
     // The idle room's history went first: nobody was in it, so it started afresh.
@@ -533,4 +562,3 @@ async fn over_the_history_budget_the_idle_room_loses_its_history_first() {
         assert_eq!((&m["offset"], &m["data"]), (&json!(offset), &json!(text)));
     }
 }
-
