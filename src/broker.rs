@@ -76,15 +76,17 @@ pub trait Broker: Send + Sync {
     /// Appends a message to the room's stream and delivers it to every subscribed node.
     /// Returns the message's offset.
     fn publish(&self, req: PublishRequest<'_>) -> Result<u64, BrokerError>;
-    /// This node now has (one more) member in `room`.
+    /// This node now has (one more) member in `room`; call it before [`Broker::recover`].
     fn subscribe(&self, room: &RoomName);
     /// One member fewer in `room` on this node.
     fn unsubscribe(&self, room: &RoomName);
     /// The room's position, and the publications after `since` when it is given.
     fn recover(&self, room: &RoomName, since: Option<&Since>) -> Recovery;
-    /// Drops expired history and forgets rooms nobody is in whose history is gone.
+    /// Drops history past its ttl or over the byte budget, and forgets the rooms nobody is
+    /// in once they are idle past the ttl or lose their history. Called once a second: it
+    /// must cost what it drops, not what it keeps.
     fn sweep(&self, now: Instant);
-    /// Rooms the broker keeps (with members or with history).
+    /// Rooms the broker keeps (with members, or kept for recovery).
     fn room_count(&self) -> usize;
 }
 
