@@ -110,14 +110,14 @@ const TICK: Duration = Duration::from_millis(100);
 /// `Arc` counts, the frame buffer's shared header (made when the frame is first cloned for a
 /// recipient), the ring slot, and an allocator header (16 bytes with glibc) for each of the
 /// three allocations.
-pub const ENTRY_OVERHEAD: usize =
+const ENTRY_OVERHEAD: usize =
     size_of::<Publication>() + 2 * size_of::<usize>() + 32 + size_of::<usize>() + 3 * 16;
 /// What a room in the last-publish index costs besides its entries: its stream in an
 /// `Arc<Mutex<_>>`, a map slot (hash maps run at most 7/8 full, often half: counted twice),
 /// its name (64 bytes at most) and epoch, an index entry with B-tree slack (counted twice),
 /// and allocator headers. Rooms nobody is in are kept only for recovery, so they are paid for
 /// from the same budget as the history.
-pub const ROOM_OVERHEAD: usize = size_of::<Mutex<Stream>>()
+const ROOM_OVERHEAD: usize = size_of::<Mutex<Stream>>()
     + 2 * size_of::<usize>()
     + 2 * size_of::<(RoomName, Arc<Mutex<Stream>>)>()
     + 64
