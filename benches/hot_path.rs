@@ -53,6 +53,7 @@ fn room_of(n: usize) -> Room {
     let broker = Arc::new(MemoryBroker::new(HistorySettings {
         size: 100,
         ttl: std::time::Duration::from_secs(600),
+        max_bytes: 256 << 20,
     }));
     let hub = Hub::new(broker, metrics, 1024);
     let room = RoomName::parse("bench").expect("room");

@@ -415,10 +415,7 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
     metrics
         .max_connections
         .set(cfg.server.max_connections as i64);
-    let broker = Arc::new(MemoryBroker::new(HistorySettings {
-        size: cfg.rooms.history_size,
-        ttl: cfg.rooms.history_ttl,
-    }));
+    let broker = Arc::new(MemoryBroker::new(history_settings(&cfg)));
     let hub = Hub::new(broker.clone(), metrics.clone(), cfg.limits.send_queue);
     hub.set_presence_limit(cfg.rooms.presence_limit);
     let shutdown = CancellationToken::new();
@@ -521,6 +518,15 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
     Ok(())
 }
 
+/// The broker's history settings from `[rooms]` (at start and on reload alike).
+fn history_settings(cfg: &Config) -> HistorySettings {
+    HistorySettings {
+        size: cfg.rooms.history_size,
+        ttl: cfg.rooms.history_ttl,
+        max_bytes: cfg.rooms.history_max_bytes.as_u64(),
+    }
+}
+
 /// The process signals the gateway acts on, installed before it says it is ready: a SIGHUP
 /// sent right after the "ready" line must reload, not kill the process (the default action).
 #[cfg(unix)]
@@ -612,10 +618,7 @@ fn reload(running: &Running) {
         .set_per_minute(next.limits.handshakes_per_ip_per_minute);
     if current.rooms != next.rooms {
         applied.push("rooms");
-        running.broker.set_history(HistorySettings {
-            size: next.rooms.history_size,
-            ttl: next.rooms.history_ttl,
-        });
+        running.broker.set_history(history_settings(&next));
     }
     if current.server.max_connections != next.server.max_connections
         || current.server.handshake_timeout != next.server.handshake_timeout

@@ -567,6 +567,7 @@ mod tests {
         let broker = Arc::new(MemoryBroker::new(HistorySettings {
             size: 10,
             ttl: std::time::Duration::from_secs(60),
+            max_bytes: 1 << 20,
         }));
         Hub::new(broker, Arc::new(Metrics::new()), 16)
     }

@@ -223,29 +223,60 @@ impl Drop for ConnPermit {
     }
 }
 
-/// One connection's publish bucket.
+type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, MonotonicClock>;
+
+/// One connection's token bucket (publishes, or join/leave/refresh commands).
+///
+/// A reload that changes the rate builds a new bucket, which starts full. The buckets it
+/// replaced stay checked alongside it until they would have refilled (`burst / rate`), so a
+/// SIGHUP never hands a session that had used up its budget a fresh one.
 pub struct MessageLimiter {
-    limiter: RateLimiter<NotKeyed, InMemoryState, MonotonicClock>,
+    limiter: DirectLimiter,
     rate: (u32, u32),
+    /// Replaced buckets and when each would be full again.
+    previous: Vec<(DirectLimiter, std::time::Instant)>,
+}
+
+fn direct(per_second: u32, burst: u32) -> DirectLimiter {
+    let quota = Quota::per_second(nonzero(per_second)).allow_burst(nonzero(burst));
+    RateLimiter::direct_with_clock(quota, MonotonicClock)
 }
 
 impl MessageLimiter {
     pub fn new(per_second: u32, burst: u32) -> Self {
-        let quota = Quota::per_second(nonzero(per_second)).allow_burst(nonzero(burst));
         MessageLimiter {
-            limiter: RateLimiter::direct_with_clock(quota, MonotonicClock),
+            limiter: direct(per_second, burst),
             rate: (per_second, burst),
+            previous: Vec::new(),
         }
     }
 
-    /// True when one more message is allowed now.
-    pub fn allow(&self) -> bool {
+    /// True when one more message is allowed now: by this bucket and by every replaced one
+    /// that has not refilled yet.
+    pub fn allow(&mut self) -> bool {
+        if !self.previous.is_empty() {
+            let now = std::time::Instant::now();
+            self.previous.retain(|(_, full_at)| *full_at > now);
+            if self.previous.iter().any(|(l, _)| l.check().is_err()) {
+                return false;
+            }
+        }
         self.limiter.check().is_ok()
     }
 
-    /// The `(messages_per_second, burst)` this bucket was made with.
-    pub fn rate(&self) -> (u32, u32) {
-        self.rate
+    /// Applies `(per_second, burst)` (a reload); nothing changes when they are the same.
+    pub fn set_rate(&mut self, per_second: u32, burst: u32) {
+        if self.rate == (per_second, burst) {
+            return;
+        }
+        let (old_rate, old_burst) = self.rate;
+        let refill = Duration::from_secs_f64(
+            f64::from(nonzero(old_burst).get()) / f64::from(nonzero(old_rate).get()),
+        );
+        let old = std::mem::replace(&mut self.limiter, direct(per_second, burst));
+        self.previous
+            .push((old, std::time::Instant::now() + refill));
+        self.rate = (per_second, burst);
     }
 }
 
@@ -342,8 +373,23 @@ mod tests {
 
     #[test]
     fn message_bucket_allows_burst_then_refuses() {
-        let l = MessageLimiter::new(1, 3);
+        let mut l = MessageLimiter::new(1, 3);
         assert!(l.allow() && l.allow() && l.allow());
         assert!(!l.allow());
+    }
+
+    #[test]
+    fn a_new_rate_does_not_refill_a_used_bucket() {
+        let mut l = MessageLimiter::new(1, 3);
+        assert!(l.allow() && l.allow() && l.allow());
+        l.set_rate(2, 50);
+        assert!(!l.allow(), "the replaced bucket is still empty");
+        l.set_rate(1, 3);
+        assert!(!l.allow(), "and stays checked across a second reload");
+        // An unused bucket keeps its budget across a reload.
+        let mut fresh = MessageLimiter::new(1, 3);
+        fresh.set_rate(1, 2);
+        assert!(fresh.allow() && fresh.allow());
+        assert!(!fresh.allow());
     }
 }

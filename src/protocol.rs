@@ -156,11 +156,15 @@ impl ErrorCode {
         }
     }
 
-    /// Whether this refusal counts toward the "10 in a row" abuse limit (CONTRACT §5).
+    /// Whether this refusal counts toward the "10 in a row" abuse limit (CONTRACT §4, §5):
+    /// an invalid `refresh` too, since each one costs a signature check.
     pub fn counts_as_abuse(&self) -> bool {
         matches!(
             self,
-            ErrorCode::BadRequest | ErrorCode::Forbidden | ErrorCode::NotJoined
+            ErrorCode::BadRequest
+                | ErrorCode::Forbidden
+                | ErrorCode::NotJoined
+                | ErrorCode::TokenInvalid
         )
     }
 }
@@ -188,6 +192,10 @@ pub enum ServerMsg<'a> {
     },
     Left {
         room: &'a str,
+        /// Why the server made the session leave (`forbidden`: a refreshed token no longer
+        /// allows the room); absent when the client asked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
     },
@@ -233,10 +241,43 @@ impl ServerMsg<'_> {
     /// The JSON text of this message. Serializing these types cannot fail (string keys,
     /// no maps with non-string keys), so the fallback is never taken.
     pub fn to_text(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| {
+        to_json(self).unwrap_or_else(|_| {
             r#"{"type":"error","code":"internal","message":"serialization failed"}"#.to_string()
         })
     }
+}
+
+/// Compact JSON with every number as short as its sender wrote it.
+///
+/// serde_json (with `arbitrary_precision`) keeps each number's text as parsed, so `1e15` is
+/// not re-written as `1000000000000000.0`; its parser only spells every exponent with a sign
+/// (`1e15` → `1e+15`), and that `+` is dropped again here. Relayed `data` is then never
+/// longer than the client sent it.
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+    struct ShortNumbers;
+    impl serde_json::ser::Formatter for ShortNumbers {
+        fn write_number_str<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            value: &str,
+        ) -> std::io::Result<()> {
+            match value.split_once("e+") {
+                Some((mantissa, exponent)) => {
+                    writer.write_all(mantissa.as_bytes())?;
+                    writer.write_all(b"e")?;
+                    writer.write_all(exponent.as_bytes())
+                }
+                None => writer.write_all(value.as_bytes()),
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(128);
+    value.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut out,
+        ShortNumbers,
+    ))?;
+    // serde_json writes UTF-8 only; the check is one pass over the frame, once per message.
+    String::from_utf8(out).map_err(|e| serde::ser::Error::custom(e.utf8_error()))
 }
 
 #[cfg(test)]

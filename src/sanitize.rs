@@ -21,15 +21,6 @@ pub struct BadRequest {
     pub message: String,
 }
 
-impl BadRequest {
-    fn new(id: Option<RequestId>, message: impl Into<String>) -> Self {
-        BadRequest {
-            id,
-            message: message.into(),
-        }
-    }
-}
-
 /// The fields any client message may carry; unknown ones are ignored.
 #[derive(Deserialize)]
 struct Envelope {
@@ -126,47 +117,135 @@ pub fn sanitize_value(v: &mut Value) {
     }
 }
 
-fn check_id(id: Option<Value>) -> Result<Option<RequestId>, BadRequest> {
+/// A request id as the client wrote it, or `None` when it is absent, `null` or unusable.
+fn check_id(id: Option<Value>) -> Result<Option<RequestId>, String> {
     match id {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(Some(Value::Number(n))),
         Some(Value::String(s)) if s.len() <= MAX_ID_BYTES && !s.chars().any(is_forbidden_char) => {
             Ok(Some(Value::String(s)))
         }
-        Some(_) => Err(BadRequest::new(
-            None,
-            format!("id must be a number or a string of at most {MAX_ID_BYTES} bytes"),
+        Some(_) => Err(format!(
+            "id must be a number or a string of at most {MAX_ID_BYTES} bytes"
         )),
     }
 }
 
-/// Parses and checks one client text message.
+/// The top-level `id` of a message, when it can be read: only the outer object is scanned,
+/// and every other member's value is skipped by its brackets without being parsed. So a
+/// message refused for its depth, its type or any field still gets its `id` echoed, even one
+/// nested far deeper than serde_json's own recursion limit.
+pub fn top_level_id(text: &str) -> Option<RequestId> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(b, i);
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(b, i)?;
+        let key: std::borrow::Cow<'_, str> = serde_json::from_str(&text[i..key_end]).ok()?;
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        let value_end = value_end(b, i)?;
+        if key == "id" {
+            let id = serde_json::from_str(&text[i..value_end]).ok()?;
+            return check_id(Some(id)).ok().flatten();
+        }
+        i = skip_ws(b, value_end);
+        if b.get(i) != Some(&b',') {
+            return None;
+        }
+        i += 1;
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b
+        .get(i)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the JSON string starting at `b[start]` (a `"`).
+fn string_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while let Some(c) = b.get(i) {
+        match c {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The index just past the JSON value starting at `b[start]`, found by counting brackets
+/// (strings skipped); the value itself is not checked.
+fn value_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = start;
+    while let Some(c) = b.get(i) {
+        match c {
+            b'"' => {
+                i = string_end(b, i)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+                continue;
+            }
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' if depth == 0 => return Some(i),
+            b']' | b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            b',' if depth == 0 => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Parses and checks one client text message. A refusal carries the request's top-level
+/// `id` whenever it can be read (CONTRACT §4).
 pub fn parse_client(text: &str) -> Result<ClientMsg, BadRequest> {
+    parse_checked(text).map_err(|message| BadRequest {
+        id: top_level_id(text),
+        message,
+    })
+}
+
+fn parse_checked(text: &str) -> Result<ClientMsg, String> {
     if json_depth(text, MAX_DEPTH) > MAX_DEPTH {
-        return Err(BadRequest::new(
-            None,
-            format!("JSON nested deeper than {MAX_DEPTH} levels"),
-        ));
+        return Err(format!("JSON nested deeper than {MAX_DEPTH} levels"));
     }
     let env: Envelope = serde_json::from_str(text).map_err(|e| {
-        let message = if e.is_syntax() || e.is_eof() {
+        if e.is_syntax() || e.is_eof() {
             format!("not JSON: {e}")
         } else if text.trim_start().starts_with('{') {
             format!("bad message: {e}")
         } else {
             "a message must be a JSON object".to_string()
-        };
-        // Echo the id when the message is a JSON object with a usable one.
-        let id = serde_json::from_str::<Value>(text)
-            .ok()
-            .and_then(|v| v.get("id").cloned())
-            .and_then(|id| check_id(Some(id)).ok().flatten());
-        BadRequest::new(id, message)
+        }
     })?;
     let id = check_id(env.id)?;
-    let room = |room: Option<String>| -> Result<RoomName, BadRequest> {
-        let name = room.ok_or_else(|| BadRequest::new(id.clone(), "missing field `room`"))?;
-        RoomName::parse(&name).map_err(|m| BadRequest::new(id.clone(), m))
+    let room = |room: Option<String>| -> Result<RoomName, String> {
+        let name = room.ok_or("missing field `room`")?;
+        RoomName::parse(&name).map_err(str::to_string)
     };
     match env.kind.as_str() {
         "join" => Ok(ClientMsg::Join {
@@ -180,24 +259,17 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, BadRequest> {
         }),
         "publish" => {
             let room = room(env.room)?;
-            let mut data = env.data.ok_or_else(|| {
-                BadRequest::new(id.clone(), "missing field `data` (null is not data)")
-            })?;
+            let mut data = env.data.ok_or("missing field `data` (null is not data)")?;
             sanitize_value(&mut data);
             Ok(ClientMsg::Publish { room, data, id })
         }
         "refresh" => {
-            let token = env
-                .token
-                .ok_or_else(|| BadRequest::new(id.clone(), "missing field `token`"))?;
+            let token = env.token.ok_or("missing field `token`")?;
             Ok(ClientMsg::Refresh { token, id })
         }
-        other => Err(BadRequest::new(
-            id,
-            format!(
-                "unknown type {:?} (join, leave, publish, refresh)",
-                clean_str(&other.chars().take(32).collect::<String>())
-            ),
+        other => Err(format!(
+            "unknown type {:?} (join, leave, publish, refresh)",
+            clean_str(&other.chars().take(32).collect::<String>())
         )),
     }
 }
@@ -280,6 +352,61 @@ mod tests {
     }
 
     #[test]
+    fn error_echoes_the_top_level_id_for_depth_and_type_refusals() {
+        let deep = |levels: usize| {
+            format!(
+                r#"{{"type":"publish","room":"r","data":{}1{},"id":"deep"}}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        for levels in [MAX_DEPTH, 200, 20_000] {
+            let err = parse_client(&deep(levels)).expect_err("too deep");
+            assert!(err.message.contains("nested"), "{}", err.message);
+            assert_eq!(err.id, Some(Value::from("deep")), "{levels} levels");
+        }
+        let cases = [
+            (r#"{"type":"dance","id":1}"#, Value::from(1)),
+            (r#"{"type":5,"id":2}"#, Value::from(2)),
+            (r#"{"type":["join"],"room":"r","id":3}"#, Value::from(3)),
+            (
+                r#" { "x" : {"id":0,"s":"}\",\"id\":9"} , "id" : "a\"b" } "#,
+                Value::from("a\"b"),
+            ),
+            (
+                r#"{"type":"join","room":"a b","id":1e3}"#,
+                serde_json::from_str("1e3").unwrap(),
+            ),
+        ];
+        for (text, id) in cases {
+            assert_eq!(parse_client(text).expect_err(text).id, Some(id), "{text}");
+        }
+        for text in [
+            r#"{"type":"dance","id":{"x":1}}"#,
+            r#"{"type":"dance","id":null}"#,
+            r#"{"type":"dance","id":"\u0007"}"#,
+            r#"["id",1]"#,
+            r#"{"type":"dance","id":1"#,
+            r#"{"type":"dance" "id":1}"#,
+        ] {
+            assert_eq!(parse_client(text).expect_err(text).id, None, "{text}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_kept_as_the_client_wrote_them() {
+        let data = "[1e15,1E+15,-0.0,0.1e-7,12345678901234567890123,1.50,-7]";
+        let text = format!(r#"{{"type":"publish","room":"r","data":{data}}}"#);
+        let Ok(ClientMsg::Publish { data: clean, .. }) = parse_client(&text) else {
+            panic!("valid publish")
+        };
+        assert_eq!(
+            crate::protocol::to_json(&clean).unwrap(),
+            data.replace("E+", "e")
+        );
+    }
+
+    #[test]
     fn depth_limit_counts_the_whole_message() {
         let ok = format!(
             r#"{{"type":"publish","room":"r","data":{}1{}}}"#,
@@ -344,10 +471,74 @@ mod tests {
         }
     }
 
+    /// JSON text as a client might write it: numbers in every notation, escapes that
+    /// re-serialize shorter or longer, forbidden characters, whitespace, duplicate keys.
+    fn arb_json_text() -> impl Strategy<Value = String> {
+        let number = prop_oneof![
+            Just("1e15".to_string()),
+            Just("-0".to_string()),
+            Just("1E+300".to_string()),
+            Just("0.000001".to_string()),
+            Just("-1.5e-7".to_string()),
+            Just("123456789012345678901234567890".to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| format!("{f:e}")),
+        ];
+        let piece = prop_oneof![
+            "[a-z ]{0,4}",
+            Just("\\u00e9".to_string()),
+            Just("\\ud83d\\ude00".to_string()),
+            Just("\\u0007".to_string()),
+            Just("\\r\\n\\t".to_string()),
+            Just("\\/\\\"\\\\".to_string()),
+            Just("\u{7f}\u{85}\u{202e}\u{2066}".to_string()),
+            Just("\\u202e\\u0085".to_string()),
+        ];
+        let string = prop::collection::vec(piece, 0..4).prop_map(|p| format!("\"{}\"", p.concat()));
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            number,
+            string.clone(),
+        ];
+        let ws = prop_oneof![Just(""), Just(" "), Just("\n\t ")];
+        leaf.prop_recursive(5, 48, 6, move |inner| {
+            prop_oneof![
+                (prop::collection::vec(inner.clone(), 0..6), ws.clone())
+                    .prop_map(|(items, w)| format!("[{w}{}{w}]", items.join(&format!("{w},{w}")))),
+                (
+                    prop::collection::vec((string.clone(), inner), 0..6),
+                    ws.clone()
+                )
+                    .prop_map(|(members, w)| {
+                        let members: Vec<String> = members
+                            .iter()
+                            .map(|(k, v)| format!("{k}{w}:{w}{v}"))
+                            .collect();
+                        format!("{{{w}{}{w}}}", members.join(","))
+                    }),
+            ]
+        })
+    }
+
     proptest! {
         #[test]
         fn any_text_never_panics(text in any::<String>()) {
             let _ = parse_client(&text);
+        }
+
+        #[test]
+        fn sanitized_data_is_never_longer_than_the_data_sent(data in arb_json_text()) {
+            let text = format!(r#"{{"type":"publish","room":"r","data":{data}}}"#);
+            // `data: null` reads as a missing field and is refused; all else is accepted.
+            if let Ok(ClientMsg::Publish { data: clean, .. }) = parse_client(&text) {
+                let out = crate::protocol::to_json(&clean).expect("serializes");
+                prop_assert!(out.len() <= data.len(), "{} > {}: {data} -> {out}", out.len(), data.len());
+            } else {
+                prop_assert_eq!(data, "null");
+            }
         }
 
         #[test]

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info_span};
+use tracing::{debug, info_span, warn};
 
 use crate::auth::{unix_now, Identity};
 use crate::broker::Publication;
@@ -37,10 +37,11 @@ use crate::sanitize::parse_client;
 const MAX_BATCH: usize = 256;
 /// Refused messages in a row that close the connection (CONTRACT §5).
 const MAX_REFUSED_STREAK: u32 = 10;
-/// How long publishing past the rate limit may go on before 1008 (CONTRACT §5).
+/// How long sending past a rate limit may go on before 1008 (CONTRACT §5). Publishes and
+/// commands (join, leave, refresh) alike: a client stuck in a join/leave loop is flooding too.
 const FLOOD_LIMIT: Duration = Duration::from_secs(5);
-/// A pause this long between rate-limited publishes ends a flood. The publishes the bucket
-/// lets through meanwhile (one per refill) do not: a client sending far above its rate still
+/// A pause this long between rate-limited requests ends a flood. The requests the buckets
+/// let through meanwhile (one per refill) do not: a client sending far above its rate still
 /// gets one through now and then, and is flooding all the same.
 const FLOOD_PAUSE: Duration = Duration::from_secs(1);
 /// How long a close frame may take to leave once the session has decided to end.
@@ -95,6 +96,7 @@ where
     .to_text();
     handle.send(Outbound::Frame(Utf8Bytes::from(welcome)), &shared.metrics);
     let limiter = MessageLimiter::new(live.limits.messages_per_second, live.limits.burst);
+    let commands = MessageLimiter::new(live.limits.commands_per_second, live.limits.command_burst);
     let mut session = Box::new(Session {
         ws,
         rx,
@@ -103,6 +105,7 @@ where
         identity: accepted.identity,
         joined: HashSet::new(),
         limiter,
+        commands,
         refused_streak: 0,
         flood: None,
         last_seen: Instant::now(),
@@ -125,10 +128,16 @@ struct Session<S> {
     handle: SessionHandle,
     identity: Identity,
     joined: HashSet<RoomName>,
+    /// The publish bucket (`limits.messages_per_second`, `burst`).
     limiter: MessageLimiter,
+    /// The join/leave/refresh bucket (`limits.commands_per_second`, `command_burst`).
+    commands: MessageLimiter,
     refused_streak: u32,
-    /// The current run of rate-limited publishes: when it began, and its latest refusal.
+    /// The current run of rate-limited requests: when it began, and its latest refusal.
     flood: Option<(Instant, Instant)>,
+    /// The last pong or text message from the client: what keeps a connection from idling
+    /// out. A client's own pings do not count (CONTRACT §2: "no pong/data"), or a ping flood
+    /// would keep a connection that never answers the server open forever.
     last_seen: Instant,
     /// Live publications written in the current batch, settled after its flush.
     settled: Vec<Arc<Publication>>,
@@ -172,42 +181,14 @@ where
         let cancelled = ctl.token().clone().cancelled_owned();
         tokio::pin!(cancelled);
 
+        // Biased, and the timers first: a client that keeps its socket always readable (a
+        // ping flood) must not starve the expiry and idle checks. They are ready once per
+        // interval at most, so they cannot starve the queue or the socket in turn.
         let code = loop {
             tokio::select! {
                 biased;
                 _ = &mut cancelled => break Some(ctl.code()),
-                item = self.rx.recv() => {
-                    let Some(item) = item else { break Some(close::INTERNAL) };
-                    let write = write_batch(&mut self.ws, item, &mut self.rx, &mut self.settled, &self.shared);
-                    let r = tokio::select! {
-                        r = write => r,
-                        _ = &mut cancelled => Err(WriteError::Cancelled),
-                    };
-                    match r {
-                        Ok(()) => {}
-                        Err(WriteError::Cancelled) => break Some(ctl.code()),
-                        Err(WriteError::Socket) => break None,
-                    }
-                }
-                msg = self.ws.next() => {
-                    self.last_seen = Instant::now();
-                    match msg {
-                        None => break None,
-                        Some(Ok(Message::Text(text))) => {
-                            if let Some(code) = self.on_text(&text, &mut expiry) {
-                                break Some(code);
-                            }
-                        }
-                        Some(Ok(Message::Binary(_))) => break Some(close::UNSUPPORTED),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                        Some(Ok(Message::Close(_))) => {
-                            // tungstenite has queued the reply; send it and stop.
-                            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.flush()).await;
-                            break None;
-                        }
-                        Some(Err(e)) => break read_error_code(&e),
-                    }
-                }
+                _ = &mut expiry => break Some(close::EXPIRED),
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() >= idle_timeout {
                         break Some(close::IDLE);
@@ -223,7 +204,40 @@ where
                         Err(WriteError::Socket) => break None,
                     }
                 }
-                _ = &mut expiry => break Some(close::EXPIRED),
+                item = self.rx.recv() => {
+                    let Some(item) = item else { break Some(close::INTERNAL) };
+                    let write = write_batch(&mut self.ws, item, &mut self.rx, &mut self.settled, &self.shared);
+                    let r = tokio::select! {
+                        r = write => r,
+                        _ = &mut cancelled => Err(WriteError::Cancelled),
+                    };
+                    match r {
+                        Ok(()) => {}
+                        Err(WriteError::Cancelled) => break Some(ctl.code()),
+                        Err(WriteError::Socket) => break None,
+                    }
+                }
+                msg = self.ws.next() => {
+                    match msg {
+                        None => break None,
+                        Some(Ok(Message::Text(text))) => {
+                            self.last_seen = Instant::now();
+                            if let Some(code) = self.on_text(&text, &mut expiry) {
+                                break Some(code);
+                            }
+                        }
+                        Some(Ok(Message::Pong(_))) => self.last_seen = Instant::now(),
+                        Some(Ok(Message::Binary(_))) => break Some(close::UNSUPPORTED),
+                        // tungstenite answers pings itself.
+                        Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Close(_))) => {
+                            // tungstenite has queued the reply; send it and stop.
+                            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.flush()).await;
+                            break None;
+                        }
+                        Some(Err(e)) => break read_error_code(&e),
+                    }
+                }
             }
         };
 
@@ -276,6 +290,28 @@ where
         );
     }
 
+    /// Answers a request refused by a rate limit; returns 1008 once the client has gone on
+    /// past its limits for [`FLOOD_LIMIT`]. Not counted toward the refusals in a row.
+    fn rate_limited(&mut self, id: Option<&RequestId>, message: &str) -> Option<u16> {
+        let now = Instant::now();
+        let began = match self.flood {
+            Some((began, last)) if now.duration_since(last) < FLOOD_PAUSE => began,
+            _ => now,
+        };
+        self.flood = Some((began, now));
+        if now.duration_since(began) >= FLOOD_LIMIT {
+            return Some(close::POLICY);
+        }
+        self.refuse(id, ErrorCode::RateLimited, message)
+    }
+
+    /// Takes one token from the command bucket (join, leave, refresh), following a reload.
+    fn command_allowed(&mut self, limits: &crate::config::LimitsConfig) -> bool {
+        self.commands
+            .set_rate(limits.commands_per_second, limits.command_burst);
+        self.commands.allow()
+    }
+
     /// Answers a refusal; returns a close code when the abuse limit is reached.
     fn refuse(&mut self, id: Option<&RequestId>, code: ErrorCode, message: &str) -> Option<u16> {
         self.reply(ServerMsg::Error { id, code, message });
@@ -317,6 +353,9 @@ where
         };
         match msg {
             ClientMsg::Join { room, since, id } => {
+                if !self.command_allowed(&live.limits) {
+                    return self.rate_limited(id.as_ref(), &commands_exceeded(&live.limits));
+                }
                 if !self.identity.rooms.allows(room.as_str()) {
                     return self.refuse(
                         id.as_ref(),
@@ -356,12 +395,16 @@ where
                 }
             }
             ClientMsg::Leave { room, id } => {
+                if !self.command_allowed(&live.limits) {
+                    return self.rate_limited(id.as_ref(), &commands_exceeded(&live.limits));
+                }
                 if !self.joined.remove(&room) {
                     return self.refuse(id.as_ref(), ErrorCode::NotJoined, "not in this room");
                 }
                 self.shared.hub.leave(&self.handle, &room, true);
                 self.reply(ServerMsg::Left {
                     room: room.as_str(),
+                    reason: None,
                     id: id.as_ref(),
                 });
             }
@@ -373,22 +416,12 @@ where
                         "join the room before publishing",
                     );
                 }
-                let want = (live.limits.messages_per_second, live.limits.burst);
-                if self.limiter.rate() != want {
-                    self.limiter = MessageLimiter::new(want.0, want.1);
-                }
+                self.limiter
+                    .set_rate(live.limits.messages_per_second, live.limits.burst);
                 if !self.limiter.allow() {
-                    let now = Instant::now();
-                    let began = match self.flood {
-                        Some((began, last)) if now.duration_since(last) < FLOOD_PAUSE => began,
-                        _ => now,
-                    };
-                    self.flood = Some((began, now));
-                    if now.duration_since(began) >= FLOOD_LIMIT {
-                        return Some(close::POLICY);
-                    }
-                    let message = format!("{} messages/s exceeded", want.0);
-                    return self.refuse(id.as_ref(), ErrorCode::RateLimited, &message);
+                    let message =
+                        format!("{} messages/s exceeded", live.limits.messages_per_second);
+                    return self.rate_limited(id.as_ref(), &message);
                 }
                 match self.shared.hub.publish(
                     &room,
@@ -405,46 +438,67 @@ where
                         }
                     }
                     Err(e) => {
+                        // The cause stays in the log: broker details are not the client's.
+                        warn!(room = %room, error = %e, "publish failed");
                         self.reply(ServerMsg::Error {
                             id: id.as_ref(),
                             code: ErrorCode::Internal,
-                            message: &e.to_string(),
+                            message: "the message could not be published",
                         });
                     }
                 }
             }
-            ClientMsg::Refresh { token, id } => match live.verifier.verify(&token) {
-                Err(e) => {
-                    self.reply(ServerMsg::Error {
-                        id: id.as_ref(),
-                        code: ErrorCode::TokenInvalid,
-                        message: &e.to_string(),
-                    });
-                    // Not a valid message: the abuse count is neither raised nor reset.
-                    return None;
+            ClientMsg::Refresh { token, id } => {
+                if !self.command_allowed(&live.limits) {
+                    return self.rate_limited(id.as_ref(), &commands_exceeded(&live.limits));
                 }
-                Ok(next) if next.user != self.identity.user => {
+                let next = match live.verifier.verify(&token) {
+                    Ok(next) => next,
+                    Err(e) => {
+                        return self.refuse(id.as_ref(), ErrorCode::TokenInvalid, &e.to_string())
+                    }
+                };
+                if next.user != self.identity.user {
                     return self.refuse(
                         id.as_ref(),
                         ErrorCode::Forbidden,
                         "a refresh token must be for the same user",
                     );
                 }
-                Ok(next) => {
-                    expiry
-                        .as_mut()
-                        .reset(expiry_instant(next.expires_at, live.leeway_secs));
-                    self.reply(ServerMsg::Refreshed {
-                        expires_at: next.expires_at,
-                        id: id.as_ref(),
+                expiry
+                    .as_mut()
+                    .reset(expiry_instant(next.expires_at, live.leeway_secs));
+                self.reply(ServerMsg::Refreshed {
+                    expires_at: next.expires_at,
+                    id: id.as_ref(),
+                });
+                // Rooms the new token no longer allows are left, as if the client had asked.
+                let revoked: Vec<RoomName> = self
+                    .joined
+                    .iter()
+                    .filter(|room| !next.rooms.allows(room.as_str()))
+                    .cloned()
+                    .collect();
+                for room in revoked {
+                    self.joined.remove(&room);
+                    self.shared.hub.leave(&self.handle, &room, true);
+                    self.reply(ServerMsg::Left {
+                        room: room.as_str(),
+                        reason: Some("forbidden"),
+                        id: None,
                     });
-                    self.identity = next;
                 }
-            },
+                self.identity = next;
+            }
         }
         self.refused_streak = 0;
         None
     }
+}
+
+/// The refusal text for a request past the command bucket.
+fn commands_exceeded(limits: &crate::config::LimitsConfig) -> String {
+    format!("{} commands/s exceeded", limits.commands_per_second)
 }
 
 /// The close code for a read error, or `None` when the connection is simply gone.
@@ -507,6 +561,123 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// A client socket that is always readable: an endless run of masked, empty pings. Like
+    /// a real socket it takes part in tokio's cooperative budget (a task that has read a lot
+    /// gets `Pending` and must yield). What the session writes is kept.
+    struct PingFlood {
+        sent: usize,
+        written: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    const PING: [u8; 6] = [0x89, 0x80, 1, 2, 3, 4];
+
+    impl AsyncRead for PingFlood {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+            coop.made_progress();
+            while buf.remaining() > 0 {
+                let at = self.sent % PING.len();
+                buf.put_slice(&PING[at..at + 1]);
+                self.sent += 1;
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for PingFlood {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.written.lock().unwrap().extend_from_slice(data);
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The code of the first close frame in what a server wrote (server frames are unmasked).
+    fn close_code(mut bytes: &[u8]) -> Option<u16> {
+        while bytes.len() >= 2 {
+            let (len, at) = match bytes[1] & 0x7f {
+                126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+                127 => return None,
+                n => (n as usize, 2),
+            };
+            if bytes[0] & 0x0f == 0x8 {
+                return Some(u16::from_be_bytes([bytes[at], bytes[at + 1]]));
+            }
+            bytes = &bytes[at + len..];
+        }
+        None
+    }
+
+    /// Runs a session over a socket that never stops being readable, with a token that
+    /// expires in a second: the expiry timer must still close it (4001).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_socket_that_is_always_readable_does_not_starve_the_expiry() {
+        let mut cfg = crate::config::Config::default();
+        cfg.auth.leeway = Duration::ZERO;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let broker = Arc::new(crate::broker::MemoryBroker::new(
+            crate::broker::HistorySettings {
+                size: 10,
+                ttl: Duration::from_secs(60),
+                max_bytes: 1 << 20,
+            },
+        ));
+        let hub = crate::hub::Hub::new(broker, metrics.clone(), 64);
+        let user: Arc<str> = Arc::from("flooder");
+        let place = hub.admit(&user, 1).unwrap();
+        let shared = Arc::new(Shared {
+            live: arc_swap::ArcSwap::from_pointee(crate::live::Live::from_config(&cfg).unwrap()),
+            hub,
+            metrics,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            node_tag: 1,
+        });
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let socket = PingFlood {
+            sent: 0,
+            written: written.clone(),
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(socket, tungstenite::protocol::Role::Server, None)
+                .await;
+        let counter = Arc::new(crate::limits::ConnectionCounter::default());
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let accepted = Accepted {
+            identity: Identity {
+                user,
+                name: None,
+                rooms: crate::auth::RoomAccess::All,
+                expires_at: unix_now() + 1,
+            },
+            peer,
+            permit: counter.acquire(peer.ip(), 10, 10).unwrap(),
+            place,
+        };
+        let session = tokio::spawn(run(ws, accepted, shared));
+        tokio::time::timeout(Duration::from_secs(10), session)
+            .await
+            .expect("the session ended in time")
+            .unwrap();
+        let written = written.lock().unwrap();
+        assert_eq!(close_code(&written), Some(close::EXPIRED));
+    }
 
     #[test]
     fn far_future_expiry_does_not_overflow() {

@@ -734,7 +734,7 @@ async fn malformed_requests_are_bad_requests_and_the_connection_stays_open() {
     assert_eq!(
         alice.recv().await,
         error(
-            Value::Null,
+            json!("d33"),
             "bad_request",
             "JSON nested deeper than 32 levels"
         )

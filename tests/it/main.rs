@@ -6,5 +6,6 @@ mod edge;
 mod handshake;
 mod hub;
 mod ops;
+mod session;
 mod smoke;
 mod support;

@@ -49,9 +49,11 @@ impl Settings {
             .set("limits", "burst", json!(burst))
     }
 
-    /// Per-session rate limits far above anything a test sends.
+    /// Per-session rate limits (messages and commands) far above anything a test sends.
     pub fn unlimited_rate(&mut self) -> &mut Self {
         self.rate_limit(1_000_000, 1_000_000)
+            .set("limits", "commands_per_second", json!(1_000_000))
+            .set("limits", "command_burst", json!(1_000_000))
     }
 
     pub fn toml(&self) -> String {
