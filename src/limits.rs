@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use governor::clock::{Clock, MonotonicClock};
+use governor::clock::{Clock, MonotonicClock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::DashMapStateStore;
@@ -41,29 +41,45 @@ fn nonzero(n: u32) -> NonZeroU32 {
 type KeyedLimiter<C> =
     RateLimiter<IpAddr, DashMapStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
-/// Per-IP handshake rate limiting (every attempt counts, refused ones included).
-///
-/// A reload may change the quota, which governor cannot do in place, and a new limiter alone
-/// would hand every address a full budget. So the limiter a quota change replaces stays in
-/// force beside the new one until it would have refilled completely (one quota period): an
-/// attempt must pass both. An address over its rate stays refused across a reload, and the new
-/// quota applies alone one period later.
-pub struct HandshakeLimiter<C: Clock = MonotonicClock> {
-    limiters: RwLock<QuotaLimiters<C>>,
-    clock: C,
-}
-
-/// The limiter of the configured quota, and those it replaced that may still refuse.
-struct QuotaLimiters<C: Clock> {
+/// A limiter whose quota a reload may change. governor cannot change a quota in place, and a
+/// new limiter starts full: alone it would hand every client a fresh budget. So the limiters a
+/// change replaces stay in force beside the new one until they would have refilled completely
+/// (one period of their quota): a request must pass all of them. A client over its rate stays
+/// refused across a reload, and the new quota applies alone one period later.
+struct Requotable<L, I> {
     quota: Quota,
-    current: KeyedLimiter<C>,
+    current: L,
     /// Replaced limiters, each with the time it would have refilled by.
-    replaced: Vec<(C::Instant, KeyedLimiter<C>)>,
+    replaced: Vec<(I, L)>,
 }
 
-impl<C: Clock> QuotaLimiters<C> {
-    /// The limiters an attempt at `now` must pass.
-    fn in_force(&self, now: C::Instant) -> impl Iterator<Item = &KeyedLimiter<C>> {
+impl<L, I: Reference> Requotable<L, I> {
+    fn new(quota: Quota, make: impl FnOnce(Quota) -> L) -> Self {
+        Requotable {
+            quota,
+            current: make(quota),
+            replaced: Vec::new(),
+        }
+    }
+
+    /// Puts a limiter of `quota` in force at `now`; the same quota changes nothing.
+    fn requota(&mut self, quota: Quota, now: I, make: impl FnOnce(Quota) -> L) {
+        if self.quota == quota {
+            return;
+        }
+        let refilled_at = now + Nanos::from(self.quota.burst_size_replenished_in());
+        let old = std::mem::replace(&mut self.current, make(quota));
+        self.replaced.push((refilled_at, old));
+        self.quota = quota;
+    }
+
+    /// Forgets the replaced limiters that have refilled by `now`.
+    fn drop_refilled(&mut self, now: I) {
+        self.replaced.retain(|(refilled_at, _)| *refilled_at > now);
+    }
+
+    /// The limiters a request at `now` must pass.
+    fn in_force(&self, now: I) -> impl Iterator<Item = &L> {
         let replaced = self.replaced.iter();
         std::iter::once(&self.current).chain(
             replaced
@@ -77,6 +93,13 @@ fn per_minute_quota(per_minute: u32) -> Quota {
     Quota::per_minute(nonzero(per_minute))
 }
 
+/// Per-IP handshake rate limiting (every attempt counts, refused ones included); a reload
+/// changes the quota without refilling anyone's bucket (see [`Requotable`]).
+pub struct HandshakeLimiter<C: Clock = MonotonicClock> {
+    limiters: RwLock<Requotable<KeyedLimiter<C>, C::Instant>>,
+    clock: C,
+}
+
 impl HandshakeLimiter {
     pub fn new(per_minute: u32) -> Self {
         Self::with_clock(per_minute, MonotonicClock)
@@ -85,13 +108,11 @@ impl HandshakeLimiter {
 
 impl<C: Clock + Clone> HandshakeLimiter<C> {
     pub fn with_clock(per_minute: u32, clock: C) -> Self {
-        let quota = per_minute_quota(per_minute);
+        let limiters = Requotable::new(per_minute_quota(per_minute), |q| {
+            RateLimiter::dashmap_with_clock(q, clock.clone())
+        });
         HandshakeLimiter {
-            limiters: RwLock::new(QuotaLimiters {
-                quota,
-                current: RateLimiter::dashmap_with_clock(quota, clock.clone()),
-                replaced: Vec::new(),
-            }),
+            limiters: RwLock::new(limiters),
             clock,
         }
     }
@@ -110,34 +131,23 @@ impl<C: Clock + Clone> HandshakeLimiter<C> {
         retry_after.map_or(Ok(()), Err)
     }
 
-    /// Applies `limits.handshakes_per_ip_per_minute` from a reload; the same value changes
-    /// nothing.
+    /// Applies `limits.handshakes_per_ip_per_minute` from a reload.
     pub fn set_per_minute(&self, per_minute: u32) {
-        let quota = per_minute_quota(per_minute);
-        let mut limiters = self.limiters.write().unwrap_or_else(|p| p.into_inner());
-        if limiters.quota == quota {
-            return;
-        }
-        let refilled_at =
-            self.clock.now() + Nanos::from(limiters.quota.burst_size_replenished_in());
-        let old = std::mem::replace(
-            &mut limiters.current,
-            RateLimiter::dashmap_with_clock(quota, self.clock.clone()),
-        );
-        limiters.replaced.push((refilled_at, old));
-        limiters.quota = quota;
+        let now = self.clock.now();
+        self.limiters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .requota(per_minute_quota(per_minute), now, |q| {
+                RateLimiter::dashmap_with_clock(q, self.clock.clone())
+            });
     }
 
     /// Drops replaced limiters that have refilled and forgets addresses whose bucket is full
     /// again; call on a timer.
     pub fn prune(&self) {
         let now = self.clock.now();
-        self.limiters
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .replaced
-            .retain(|(refilled_at, _)| *refilled_at > now);
-        let limiters = self.limiters.read().unwrap_or_else(|p| p.into_inner());
+        let mut limiters = self.limiters.write().unwrap_or_else(|p| p.into_inner());
+        limiters.drop_refilled(now);
         for limiter in limiters.in_force(now) {
             limiter.retain_recent();
             limiter.shrink_to_fit();
@@ -225,58 +235,47 @@ impl Drop for ConnPermit {
 
 type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, MonotonicClock>;
 
-/// One connection's token bucket (publishes, or join/leave/refresh commands).
-///
-/// A reload that changes the rate builds a new bucket, which starts full. The buckets it
-/// replaced stay checked alongside it until they would have refilled (`burst / rate`), so a
-/// SIGHUP never hands a session that had used up its budget a fresh one.
+/// One connection's token bucket (publishes, or join/leave/refresh commands); a reload
+/// changes its rate without refilling it (see [`Requotable`]).
 pub struct MessageLimiter {
-    limiter: DirectLimiter,
-    rate: (u32, u32),
-    /// Replaced buckets and when each would be full again.
-    previous: Vec<(DirectLimiter, std::time::Instant)>,
+    buckets: Requotable<DirectLimiter, std::time::Instant>,
 }
 
-fn direct(per_second: u32, burst: u32) -> DirectLimiter {
-    let quota = Quota::per_second(nonzero(per_second)).allow_burst(nonzero(burst));
+fn per_second_quota(per_second: u32, burst: u32) -> Quota {
+    Quota::per_second(nonzero(per_second)).allow_burst(nonzero(burst))
+}
+
+fn direct(quota: Quota) -> DirectLimiter {
     RateLimiter::direct_with_clock(quota, MonotonicClock)
 }
 
 impl MessageLimiter {
     pub fn new(per_second: u32, burst: u32) -> Self {
         MessageLimiter {
-            limiter: direct(per_second, burst),
-            rate: (per_second, burst),
-            previous: Vec::new(),
+            buckets: Requotable::new(per_second_quota(per_second, burst), direct),
         }
     }
 
-    /// True when one more message is allowed now: by this bucket and by every replaced one
-    /// that has not refilled yet.
+    /// True when one more message is allowed now by every bucket in force.
     pub fn allow(&mut self) -> bool {
-        if !self.previous.is_empty() {
-            let now = std::time::Instant::now();
-            self.previous.retain(|(_, full_at)| *full_at > now);
-            if self.previous.iter().any(|(l, _)| l.check().is_err()) {
-                return false;
-            }
+        if self.buckets.replaced.is_empty() {
+            // The usual case: one bucket, no clock read.
+            return self.buckets.current.check().is_ok();
         }
-        self.limiter.check().is_ok()
+        let now = std::time::Instant::now();
+        self.buckets.drop_refilled(now);
+        // Every bucket in force is charged, as for handshakes.
+        let refusals = self.buckets.in_force(now).filter(|b| b.check().is_err());
+        refusals.count() == 0
     }
 
-    /// Applies `(per_second, burst)` (a reload); nothing changes when they are the same.
+    /// Applies `(per_second, burst)` (a reload).
     pub fn set_rate(&mut self, per_second: u32, burst: u32) {
-        if self.rate == (per_second, burst) {
-            return;
+        let quota = per_second_quota(per_second, burst);
+        if self.buckets.quota != quota {
+            self.buckets
+                .requota(quota, std::time::Instant::now(), direct);
         }
-        let (old_rate, old_burst) = self.rate;
-        let refill = Duration::from_secs_f64(
-            f64::from(nonzero(old_burst).get()) / f64::from(nonzero(old_rate).get()),
-        );
-        let old = std::mem::replace(&mut self.limiter, direct(per_second, burst));
-        self.previous
-            .push((old, std::time::Instant::now() + refill));
-        self.rate = (per_second, burst);
     }
 }
 
