@@ -36,11 +36,13 @@ export interface Joined {
   id?: number;
 }
 
-/** Reply to a leave. Resolved locally (without `id`) for a leave made while disconnected. */
+/** Reply to a leave. Resolved locally (without `id`) for a leave made while disconnected.
+ * Sent unasked, with `reason: "forbidden"`, when a refreshed token no longer allows the room. */
 export interface Left {
   type: "left";
   room: string;
   id?: number;
+  reason?: string;
 }
 
 /** Reply to a publish. */
@@ -145,6 +147,9 @@ export interface WsGateEvents {
   presence: Presence;
   /** A re-join came back `recovered: false`: messages were missed; reload from your backend. */
   gap: { room: string };
+  /** The gateway took the session out of a room it did not ask to leave: a refreshed token
+   * no longer allows it (`reason: "forbidden"`). The room is not re-joined after a reconnect. */
+  left: Left;
   refreshed: Refreshed;
   backoff: Backoff;
   error: WsGateErrorEvent;

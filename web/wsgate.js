@@ -64,6 +64,7 @@ export const EVENT_NAMES = Object.freeze([
   "message",
   "presence",
   "gap",
+  "left",
   "refreshed",
   "backoff",
   "error",
@@ -637,6 +638,11 @@ export class WsGate {
     if (!req) {
       // An error for no request of ours (or a late reply to a timed-out one).
       if (msg.type === "error") this.#emit("error", msg);
+      // The gateway took the session out of a room (a refreshed token no longer allows it):
+      // forget it, so a reconnect does not try to join it again.
+      if (msg.type === "left" && msg.id === undefined && this.#rooms.delete(msg.room)) {
+        this.#emit("left", msg);
+      }
       return;
     }
     this.#pending.delete(msg.id);

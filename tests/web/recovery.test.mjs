@@ -238,3 +238,15 @@ test("re-joins go out before calls queued while disconnected", async () => {
   h.socket().accept();
   assert.deepEqual(h.socket().sent.map((f) => f.type), ["join", "publish"]);
 });
+
+test("a room the gateway takes the session out of is reported and not re-joined", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby", 3);
+  await joinRoom(h, "team:1", 5);
+  const revoked = { type: "left", room: "team:1", reason: "forbidden" };
+  h.socket().receive(revoked);
+  assert.deepEqual(h.of("left"), [revoked]);
+  assert.deepEqual(h.gate.rooms, ["lobby"]);
+  const socket = await reconnect(h);
+  assert.deepEqual(socket.sentOf("join").map((j) => j.room), ["lobby"]);
+});
