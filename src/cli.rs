@@ -31,6 +31,7 @@ use crate::hub::Hub;
 use crate::limits::{ConnectionCounter, HandshakeLimiter};
 use crate::live::{Live, Shared};
 use crate::metrics::Metrics;
+use crate::proxy_header::TrustedProxies;
 use crate::server::Server;
 use crate::tls;
 
@@ -437,6 +438,10 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
         ws_path: cfg.server.ws_path.clone(),
         static_dir: cfg.static_dir(),
         draining: AtomicBool::new(false),
+        proxy_protocol: match cfg.server.proxy_protocol {
+            true => Some(TrustedProxies::new(cfg.server.trusted_proxy_nets()?)),
+            false => None,
+        },
     });
     let admin = Arc::new(Admin {
         server: server.clone(),
@@ -659,6 +664,8 @@ fn reload(running: &Running) {
     recorded.server.listen = current.server.listen.clone();
     recorded.server.ws_path = current.server.ws_path.clone();
     recorded.server.static_dir = current.server.static_dir.clone();
+    recorded.server.proxy_protocol = current.server.proxy_protocol;
+    recorded.server.trusted_proxies = current.server.trusted_proxies.clone();
     recorded.admin = current.admin.clone();
     recorded.cluster = current.cluster.clone();
     recorded.log.format = current.log.format;

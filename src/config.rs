@@ -91,6 +91,23 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
 }
 
+impl ServerConfig {
+    /// `trusted_proxies` as networks.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|cidr| {
+                cidr.parse::<ipnet::IpNet>().map_err(|_| {
+                    ConfigError::invalid(
+                        "server.trusted_proxies",
+                        format!("{cidr:?} is not a CIDR (e.g. 10.0.0.0/8, ::1/128)"),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -461,19 +478,12 @@ impl Config {
                 "multi-node mode is not available in this version: leave it empty",
             ));
         }
-        if s.proxy_protocol {
+        let trusted = s.trusted_proxy_nets()?;
+        if s.proxy_protocol && trusted.is_empty() {
             return Err(ConfigError::invalid(
-                "server.proxy_protocol",
-                "the PROXY protocol is not available in this version: leave it false",
+                "server.trusted_proxies",
+                "is empty while server.proxy_protocol = true: every connection would be refused",
             ));
-        }
-        for cidr in &s.trusted_proxies {
-            cidr.parse::<ipnet::IpNet>().map_err(|_| {
-                ConfigError::invalid(
-                    "server.trusted_proxies",
-                    format!("{cidr:?} is not a CIDR (e.g. 10.0.0.0/8, ::1/128)"),
-                )
-            })?;
         }
         let c = &self.cluster;
         if c.key_prefix.is_empty()
@@ -609,12 +619,20 @@ impl Config {
     /// Keys that differ between `self` and `next` and that only a restart applies.
     pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
         let mut keys = Vec::new();
-        let pairs: [(&'static str, bool); 7] = [
+        let pairs: [(&'static str, bool); 9] = [
             ("server.listen", self.server.listen != next.server.listen),
             ("server.ws_path", self.server.ws_path != next.server.ws_path),
             (
                 "server.static_dir",
                 self.server.static_dir != next.server.static_dir,
+            ),
+            (
+                "server.proxy_protocol",
+                self.server.proxy_protocol != next.server.proxy_protocol,
+            ),
+            (
+                "server.trusted_proxies",
+                self.server.trusted_proxies != next.server.trusted_proxies,
             ),
             ("admin.listen", self.admin.listen != next.admin.listen),
             ("admin.api_key", self.admin.api_key != next.admin.api_key),
@@ -1052,6 +1070,34 @@ mod tests {
         assert!(
             err.to_string().starts_with("server.trusted_proxies"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies_and_a_restart() {
+        let cfg = load_str(
+            "[server]\nproxy_protocol = true\n",
+            &[("WSGATE__SERVER__TRUSTED_PROXIES", "10.0.0.0/8,fd00::/8")],
+        )
+        .expect("valid");
+        assert!(cfg.server.proxy_protocol);
+        assert_eq!(
+            cfg.server.trusted_proxy_nets().expect("nets"),
+            ["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()]
+        );
+        let err = load_str("[server]\nproxy_protocol = true\ntrusted_proxies = []\n", &[])
+            .expect_err("nobody trusted");
+        assert!(
+            err.to_string().starts_with("server.trusted_proxies: is empty"),
+            "{err}"
+        );
+        assert!(load_str("[server]\ntrusted_proxies = []\n", &[]).is_ok());
+        let mut next = cfg.clone();
+        next.server.proxy_protocol = false;
+        next.server.trusted_proxies = vec!["10.0.0.0/16".into()];
+        assert_eq!(
+            cfg.restart_only_changes(&next),
+            ["server.proxy_protocol", "server.trusted_proxies"]
         );
     }
 

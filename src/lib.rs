@@ -16,7 +16,8 @@
 //! 1. [`protocol`] wire types and close codes, [`config`] the file, [`metrics`] Prometheus.
 //! 2. [`sanitize`] raw text → checked messages, [`origin`] the Origin allowlist, [`auth`] JWT →
 //!    identity, [`limits`] rate limits and connection permits, [`tls`] certificates,
-//!    [`broker`] streams, offsets and history behind a trait.
+//!    [`broker`] streams, offsets and history behind a trait, [`proxy_header`] the PROXY
+//!    protocol header a load balancer puts before the client's bytes.
 //! 3. [`hub`] rooms, presence and fan-out; [`live`] the settings a reload swaps.
 //! 4. [`handshake`] the pre-101 checks, [`session`] one connection.
 //! 5. [`server`] the public listener, [`admin`] the internal one.
@@ -40,6 +41,7 @@ pub mod live;
 pub mod metrics;
 pub mod origin;
 pub mod protocol;
+pub mod proxy_header;
 pub mod sanitize;
 pub mod server;
 pub mod session;

@@ -29,6 +29,9 @@ pub enum HandshakeResult {
     /// Closed at accept: its address already had `limits.handshakes_in_flight_per_ip`
     /// connections before `101`.
     TooManyInFlight,
+    /// With `server.proxy_protocol`: closed before TLS, from an address outside
+    /// `server.trusted_proxies` or without a valid PROXY header (the reason says which).
+    ProxyRefused,
 }
 
 impl HandshakeResult {
@@ -43,6 +46,7 @@ impl HandshakeResult {
             HandshakeResult::TlsError => "tls_error",
             HandshakeResult::BadRequest => "bad_request",
             HandshakeResult::TooManyInFlight => "too_many_in_flight",
+            HandshakeResult::ProxyRefused => "proxy_refused",
         }
     }
 }

@@ -9,6 +9,11 @@
 //! at once; a further one is closed at accept, before any TLS work. Stalling clients thus
 //! cost the gateway a bounded number of sockets per address, and a slowloris from one address
 //! never keeps clients of another out.
+//!
+//! Behind a load balancer (`server.proxy_protocol`), a connection first passes
+//! [`proxy_header`]: only trusted proxies may connect, and the client address in their header
+//! is the connection's `peer` from there on — for every per-IP limit (the in-flight check runs
+//! once the header is read) and every log line.
 //! Every HTTPS answer carries `Strict-Transport-Security` (unless addressed as `localhost`).
 //! Static files never include hidden files or anything a symlink leads to outside
 //! `static_dir` (see [`servable`]).
@@ -41,6 +46,7 @@ use crate::handshake::{self, Gate};
 use crate::limits::{ConnPermit, ConnectionCounter, HandshakeLimiter};
 use crate::live::Shared;
 use crate::metrics::HandshakeResult;
+use crate::proxy_header::{self, TrustedProxies};
 use crate::session::{self, Accepted};
 use crate::tls::ReloadableCert;
 
@@ -94,6 +100,9 @@ pub struct Server {
     pub static_dir: Option<PathBuf>,
     /// Set when shutdown begins; `/readyz` turns 503.
     pub draining: AtomicBool,
+    /// `server.trusted_proxies` when `server.proxy_protocol` is on: every connection then
+    /// starts with a PROXY header naming the client.
+    pub proxy_protocol: Option<TrustedProxies>,
 }
 
 impl Server {
@@ -107,18 +116,23 @@ impl Server {
             };
             match accepted {
                 Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let deadline = self.handshake_deadline();
+                    let server = self.clone();
+                    if let Some(proxies) = &self.proxy_protocol {
+                        if !proxies.admit(peer, &self.shared.metrics) {
+                            continue; // dropping `tcp` closes it, before reading anything
+                        }
+                        self.tracker.spawn(server.proxied(tcp, peer, deadline));
+                        continue;
+                    }
                     // Checked here, in accept order, before any byte is read: a client's
                     // earlier connections are always counted before its next one is judged.
-                    // With `server.proxy_protocol` (not available yet) the client is the
-                    // header's address: this check then runs once the header is read.
                     let Some(in_flight) = self.enter_handshake(peer) else {
                         continue; // dropping `tcp` closes it, before any TLS
                     };
-                    let _ = tcp.set_nodelay(true);
-                    let server = self.clone();
-                    self.tracker.spawn(async move {
-                        server.connection(tcp, peer, in_flight).await;
-                    });
+                    self.tracker
+                        .spawn(server.connection(tcp, peer, in_flight, deadline));
                 }
                 Err(e) => {
                     // Usually EMFILE: back off a little instead of spinning.
@@ -128,6 +142,25 @@ impl Server {
             }
         }
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// When a connection accepted now must have reached `101`.
+    fn handshake_deadline(&self) -> Instant {
+        Instant::now() + self.shared.live.load().server.handshake_timeout
+    }
+
+    /// A connection from the trusted proxy `proxy`: its header names the client, which is
+    /// then judged like a direct one.
+    async fn proxied(self: Arc<Self>, mut tcp: TcpStream, proxy: SocketAddr, deadline: Instant) {
+        let metrics = &self.shared.metrics;
+        let Some(client) = proxy_header::client_address(&mut tcp, proxy, deadline, metrics).await
+        else {
+            return;
+        };
+        let Some(in_flight) = self.enter_handshake(client) else {
+            return;
+        };
+        self.connection(tcp, client, in_flight, deadline).await;
     }
 
     /// Counts a new connection of `client` as a handshake in flight, or refuses it when that
@@ -155,8 +188,14 @@ impl Server {
     /// One connection until `101` or its end before that. `in_flight` is given back when this
     /// returns — at `101` the HTTP connection ends, handing the socket to the session — and
     /// before the end is logged, so a log line never precedes the freed slot.
-    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, in_flight: ConnPermit) {
-        let ended = self.before_upgrade(tcp, peer).await;
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        in_flight: ConnPermit,
+        deadline: Instant,
+    ) {
+        let ended = self.before_upgrade(tcp, peer, deadline).await;
         drop(in_flight);
         let metrics = &self.shared.metrics;
         let peer = peer.ip();
@@ -179,15 +218,15 @@ impl Server {
         }
     }
 
-    /// TLS, then HTTP until the connection ends or is upgraded, all within
-    /// `server.handshake_timeout`.
+    /// TLS, then HTTP until the connection ends or is upgraded, all by `deadline`
+    /// (`server.handshake_timeout` after accept).
     async fn before_upgrade(
         self: &Arc<Self>,
         tcp: TcpStream,
         peer: SocketAddr,
+        deadline: Instant,
     ) -> Result<(), EarlyEnd> {
         let timeout = self.shared.live.load().server.handshake_timeout;
-        let deadline = Instant::now() + timeout;
         // TLS records start with 0x16; anything else is most likely plain HTTP.
         let mut first = [0u8; 1];
         match timeout_at(deadline, tcp.peek(&mut first)).await {
