@@ -1085,10 +1085,14 @@ mod tests {
             cfg.server.trusted_proxy_nets().expect("nets"),
             ["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()]
         );
-        let err = load_str("[server]\nproxy_protocol = true\ntrusted_proxies = []\n", &[])
-            .expect_err("nobody trusted");
+        let err = load_str(
+            "[server]\nproxy_protocol = true\ntrusted_proxies = []\n",
+            &[],
+        )
+        .expect_err("nobody trusted");
         assert!(
-            err.to_string().starts_with("server.trusted_proxies: is empty"),
+            err.to_string()
+                .starts_with("server.trusted_proxies: is empty"),
             "{err}"
         );
         assert!(load_str("[server]\ntrusted_proxies = []\n", &[]).is_ok());

@@ -93,14 +93,9 @@ pub async fn client_address(
     };
     match timeout_at(deadline, read(tcp)).await {
         Ok(Ok(Some(Source::Client(client)))) => {
-            let client = SocketAddr::new(client.ip().to_canonical(), client.port());
-            debug!(%peer, client = %client.ip(), "proxy header");
-            Some(client)
+            Some(SocketAddr::new(client.ip().to_canonical(), client.port()))
         }
-        Ok(Ok(Some(Source::Proxy))) => {
-            debug!(%peer, "proxy header without a client address: served as the proxy");
-            Some(proxy)
-        }
+        Ok(Ok(Some(Source::Proxy))) => Some(proxy),
         Ok(Ok(None)) => {
             debug!(%peer, "connection ended before sending anything");
             None
@@ -110,7 +105,10 @@ pub async fn client_address(
             None
         }
         Err(_) => {
-            refused(TIMEOUT, &"no complete PROXY header within server.handshake_timeout");
+            refused(
+                TIMEOUT,
+                &"no complete PROXY header within server.handshake_timeout",
+            );
             None
         }
     }
@@ -194,10 +192,15 @@ pub async fn read(tcp: &mut TcpStream) -> Result<Option<Source>, HeaderError> {
 #[derive(Debug, PartialEq, Eq)]
 enum Judged {
     /// A whole header of `len` bytes (whatever follows it is the client's).
-    Header { len: usize, source: Source },
+    Header {
+        len: usize,
+        source: Source,
+    },
     /// The start of a header: every byte belongs to it. `total` is its full length once the
     /// header says it (v2).
-    Partial { total: Option<usize> },
+    Partial {
+        total: Option<usize>,
+    },
     Invalid(HeaderError),
 }
 
@@ -223,14 +226,8 @@ fn judge(bytes: &[u8]) -> Judged {
                 return Judged::Invalid(HeaderError::Invalid(e.to_string()));
             }
             let source = match (header.command, header.addresses) {
-                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => Source::Client(SocketAddr::new(
-                    IpAddr::V4(a.source_address),
-                    a.source_port,
-                )),
-                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => Source::Client(SocketAddr::new(
-                    IpAddr::V6(a.source_address),
-                    a.source_port,
-                )),
+                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => client_v4(a),
+                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => client_v6(a),
                 _ => Source::Proxy,
             };
             Judged::Header {
@@ -247,7 +244,9 @@ fn judge(bytes: &[u8]) -> Judged {
 fn judge_v1(bytes: &[u8]) -> Judged {
     let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
         return if !(bytes.starts_with(V1_PREFIX) || V1_PREFIX.starts_with(bytes)) {
-            Judged::Invalid(HeaderError::Invalid("it does not start with \"PROXY \"".into()))
+            Judged::Invalid(HeaderError::Invalid(
+                "it does not start with \"PROXY \"".into(),
+            ))
         } else if bytes.len() >= V1_MAX_BYTES {
             Judged::Invalid(HeaderError::Invalid(format!(
                 "no line end within {V1_MAX_BYTES} bytes"
@@ -259,14 +258,8 @@ fn judge_v1(bytes: &[u8]) -> Judged {
     match v1::Header::try_from(&bytes[..=end]) {
         Ok(header) => {
             let source = match header.addresses {
-                v1::Addresses::Tcp4(a) => Source::Client(SocketAddr::new(
-                    IpAddr::V4(a.source_address),
-                    a.source_port,
-                )),
-                v1::Addresses::Tcp6(a) => Source::Client(SocketAddr::new(
-                    IpAddr::V6(a.source_address),
-                    a.source_port,
-                )),
+                v1::Addresses::Tcp4(a) => client_v4(a),
+                v1::Addresses::Tcp6(a) => client_v6(a),
                 v1::Addresses::Unknown => Source::Proxy,
             };
             Judged::Header {
@@ -276,6 +269,15 @@ fn judge_v1(bytes: &[u8]) -> Judged {
         }
         Err(e) => Judged::Invalid(HeaderError::Invalid(e.to_string())),
     }
+}
+
+// v1 and v2 share these address types.
+fn client_v4(a: ppp::v1::IPv4) -> Source {
+    Source::Client(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+}
+
+fn client_v6(a: ppp::v1::IPv6) -> Source {
+    Source::Client(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
 }
 
 #[cfg(test)]

@@ -160,6 +160,8 @@ impl Server {
         let Some(in_flight) = self.enter_handshake(client) else {
             return;
         };
+        // Once counted: whoever reads this line sees the handshake in flight.
+        debug!(peer = %client.ip(), proxy = %proxy.ip(), "proxy header read");
         self.connection(tcp, client, in_flight, deadline).await;
     }
 

@@ -6,6 +6,7 @@ mod edge;
 mod handshake;
 mod hub;
 mod ops;
+mod proxy;
 mod session;
 mod smoke;
 mod support;

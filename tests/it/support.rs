@@ -341,30 +341,7 @@ impl Gateway {
 
     /// Performs a handshake; `Err((status, body))` when refused.
     pub async fn open(&self, req: http::Request<()>) -> Result<Client, (u16, String)> {
-        let tls = self.tls().await;
-        match tokio_tungstenite::client_async(req, tls).await {
-            Ok((ws, resp)) => Ok(Client {
-                ws,
-                response: resp.map(|_| ()),
-                welcome: Value::Null,
-            }),
-            Err(tungstenite::Error::Http(resp)) => {
-                let status = resp.status().as_u16();
-                let retry = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| format!(" retry-after={v}"))
-                    .unwrap_or_default();
-                let body = resp
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).to_string())
-                    .unwrap_or_default();
-                Err((status, format!("{body}{retry}")))
-            }
-            Err(e) => panic!("handshake failed without a status: {e}"),
-        }
+        open_over(self.tls().await, req).await
     }
 
     /// Expects the handshake to be refused with `status`; returns the body.
@@ -742,4 +719,72 @@ pub fn log_field(line: &str, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key}= in {line}"))
         .trim_matches('"')
         .to_string()
+}
+
+/// A handshake over an established TLS connection; `Err((status, body))` when refused.
+pub async fn open_over(
+    tls: TlsStream<TcpStream>,
+    req: http::Request<()>,
+) -> Result<Client, (u16, String)> {
+    match tokio_tungstenite::client_async(req, tls).await {
+        Ok((ws, resp)) => Ok(Client {
+            ws,
+            response: resp.map(|_| ()),
+            welcome: Value::Null,
+        }),
+        Err(tungstenite::Error::Http(resp)) => {
+            let status = resp.status().as_u16();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| format!(" retry-after={v}"))
+                .unwrap_or_default();
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).to_string())
+                .unwrap_or_default();
+            Err((status, format!("{body}{retry}")))
+        }
+        Err(e) => panic!("handshake failed without a status: {e}"),
+    }
+}
+
+impl Gateway {
+    /// A TCP connection from `local` to the public port that has sent `prefix` first (e.g. a
+    /// PROXY protocol header).
+    pub async fn tcp_with_prefix(&self, local: std::net::IpAddr, prefix: &[u8]) -> TcpStream {
+        let mut tcp = self.tcp_from(local).await;
+        tcp.write_all(prefix).await.expect("write prefix");
+        tcp
+    }
+
+    /// A handshake as `sub` (good Origin, token in the subprotocol) over TLS on `tcp`;
+    /// `Err((status, body))` when refused.
+    pub async fn open_on(&self, tcp: TcpStream, sub: &str) -> Result<Client, (u16, String)> {
+        let tls = tls_over(tcp, &self.ca).await.expect("tls handshake");
+        let mut req = self.request();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("wsgate.v1, bearer.{}", self.token(sub))
+                .parse()
+                .unwrap(),
+        );
+        let mut c = open_over(tls, req).await?;
+        c.welcome = c.recv().await;
+        assert_eq!(c.welcome["type"], "welcome", "{}", c.welcome);
+        Ok(c)
+    }
+
+    /// [`Gateway::connect`] from `local` after sending `prefix` (see [`Gateway::tcp_with_prefix`]).
+    pub async fn connect_with_prefix(
+        &self,
+        local: std::net::IpAddr,
+        prefix: &[u8],
+        sub: &str,
+    ) -> Client {
+        let tcp = self.tcp_with_prefix(local, prefix).await;
+        self.open_on(tcp, sub).await.expect("handshake accepted")
+    }
 }
