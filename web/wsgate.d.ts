@@ -207,7 +207,11 @@ export declare class WsGate {
   on<E extends keyof WsGateEvents>(event: E, fn: (payload: WsGateEvents[E]) => void): () => void;
   off<E extends keyof WsGateEvents>(event: E, fn: (payload: WsGateEvents[E]) => void): void;
 
-  /** Connects and keeps reconnecting until `close()` or a fatal close code. */
+  /**
+   * Connects and keeps reconnecting until `close()` or a close code that retrying cannot
+   * help: 1003, 1007, 1008, 1009, 4003, and 4001 without `getToken`. Any other code
+   * (1001, 1006, 1011, 1012, 1013, 4000, …) reconnects with backoff and recovers the rooms.
+   */
   connect(): void;
   /** Closes for good: no reconnect; waiting requests reject with `{type:"close", code:1000}`. */
   close(): void;

@@ -32,6 +32,10 @@ const WS_OPEN = 1;
 /**
  * Close codes after which reconnecting would fail the same way again:
  * binary frame, invalid UTF-8, policy violation, message too big, kicked.
+ * Every other code reconnects: shutdown 1001, drop 1006, internal error 1011,
+ * a cluster node that missed messages 1012 (the re-joins with `since` recover
+ * them, or report a `gap`), too slow 1013, idle 4000, and codes this client
+ * does not know.
  */
 const FATAL_CLOSE_CODES = new Set([1003, 1007, 1008, 1009, 4003]);
 /** The token expired without a refresh: reconnecting needs a new token. */

@@ -13,7 +13,9 @@ function tokenSource() {
 
 const bearerOf = (socket) => socket.protocols[1];
 
-for (const code of [1001, 1006, 1011, 1013, 4000, 1000, 4999]) {
+// CONTRACT §6: reconnect after 1001, 1006, 1011, 1012, 1013 and 4000; other codes the
+// client does not know are retried too.
+for (const code of [1001, 1006, 1011, 1012, 1013, 4000, 1000, 4999]) {
   test(`close ${code} reconnects after a backoff wait`, async () => {
     const h = await connected();
     h.socket().drop(code, "bye");

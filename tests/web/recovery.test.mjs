@@ -186,6 +186,27 @@ test("a re-join answered recovered:false emits gap", async () => {
   assert.deepEqual(h.of("gap"), [{ room: "lobby" }]);
 });
 
+test("close 1012 (a cluster node that missed messages) re-joins with since and reports what it cannot replay", async () => {
+  const h = await connected();
+  await joinRoom(h, "lobby", 57);
+  await joinRoom(h, "quiet", 3);
+  h.socket().receive(message("lobby", "e1", 58));
+  h.socket().drop(1012, "missed messages");
+  assert.equal(h.gate.state, "reconnecting");
+  assert.deepEqual(h.of("error"), [], "1012 is not a stop");
+  await h.clock.advance(h.of("backoff")[0].delayMs);
+  h.socket().accept();
+  const [lobby, quiet] = h.socket().sentOf("join");
+  assert.deepEqual(lobby.since, { epoch: "e1", offset: 58 });
+  assert.deepEqual(quiet.since, { epoch: "e1", offset: 3 });
+  // The node reached now replays the lobby; the quiet room's history is gone.
+  h.socket().receive({ type: "joined", room: "lobby", epoch: "e1", offset: 59, recovered: true, members: [], id: lobby.id });
+  h.socket().receive(message("lobby", "e1", 59));
+  h.socket().receive({ type: "joined", room: "quiet", epoch: "e2", offset: 0, recovered: false, members: [], id: quiet.id });
+  assert.deepEqual(h.of("message").map((m) => m.offset), [58, 59]);
+  assert.deepEqual(h.of("gap"), [{ room: "quiet" }]);
+});
+
 test("a re-join answered recovered:true emits no gap", async () => {
   const h = await connected();
   await joinRoom(h, "lobby");
