@@ -34,7 +34,7 @@ use crate::metrics::{HandshakeResult, Metrics};
 /// Azure's connection ids, HAProxy's unique id (≤ 128 bytes), SNI (≤ 255), TLS details — stays
 /// well under a KiB; 4 KiB is also nginx's limit, so a balancer that works in front of nginx
 /// works here.
-pub const MAX_HEADER_BYTES: usize = 4096;
+const MAX_HEADER_BYTES: usize = 4096;
 /// The read buffer a header starts with: any v1 header, and a v2 header with the largest
 /// address block and no TLVs, fit without growing it.
 const FIRST_BUFFER_BYTES: usize = V2_FIXED_BYTES + 216;
@@ -116,7 +116,7 @@ pub async fn client_address(
 
 /// Whom a valid header speaks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+enum Source {
     /// A client's connection relayed by the proxy (PROXY command, TCP over IPv4 or IPv6).
     Client(SocketAddr),
     /// The proxy itself: a v2 `LOCAL` header (health checks), or one with no usable address
@@ -127,7 +127,7 @@ pub enum Source {
 
 /// Why a connection's first bytes are not a usable PROXY header.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum HeaderError {
+enum HeaderError {
     /// The bytes are not a PROXY header (a client that skipped the balancer, a balancer
     /// without `send-proxy`), or a malformed one. The detail is the parser's, never the bytes.
     #[error("not a valid PROXY protocol header: {0}")]
@@ -141,7 +141,7 @@ pub enum HeaderError {
 
 impl HeaderError {
     /// The refusal's `reason`, in the log line and in `wsgate_handshakes_total`.
-    pub fn reason(&self) -> &'static str {
+    fn reason(&self) -> &'static str {
         match self {
             HeaderError::Invalid(_) | HeaderError::Truncated => "bad_proxy_header",
             HeaderError::TooLarge(_) => "proxy_header_too_large",
@@ -151,7 +151,7 @@ impl HeaderError {
 
 /// Reads one PROXY header off `tcp` and leaves every byte after it unread. `None` when the
 /// connection ended before sending anything (a balancer's TCP health check, a port scan).
-pub async fn read(tcp: &mut TcpStream) -> Result<Option<Source>, HeaderError> {
+async fn read(tcp: &mut TcpStream) -> Result<Option<Source>, HeaderError> {
     // Always has room for what a partial header still needs: a v1 header is complete or
     // refused within 107 bytes, and a v2 header says its length once 16 have arrived.
     let mut buf = vec![0u8; FIRST_BUFFER_BYTES];

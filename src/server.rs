@@ -116,23 +116,24 @@ impl Server {
             };
             match accepted {
                 Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    let deadline = self.handshake_deadline();
-                    let server = self.clone();
                     if let Some(proxies) = &self.proxy_protocol {
-                        if !proxies.admit(peer, &self.shared.metrics) {
-                            continue; // dropping `tcp` closes it, before reading anything
+                        if proxies.admit(peer, &self.shared.metrics) {
+                            let _ = tcp.set_nodelay(true);
+                            let deadline = self.handshake_deadline();
+                            self.tracker
+                                .spawn(self.clone().proxied(tcp, peer, deadline));
                         }
-                        self.tracker.spawn(server.proxied(tcp, peer, deadline));
-                        continue;
+                        continue; // refused: dropping `tcp` closes it, before reading anything
                     }
                     // Checked here, in accept order, before any byte is read: a client's
                     // earlier connections are always counted before its next one is judged.
                     let Some(in_flight) = self.enter_handshake(peer) else {
                         continue; // dropping `tcp` closes it, before any TLS
                     };
+                    let _ = tcp.set_nodelay(true);
+                    let deadline = self.handshake_deadline();
                     self.tracker
-                        .spawn(server.connection(tcp, peer, in_flight, deadline));
+                        .spawn(self.clone().connection(tcp, peer, in_flight, deadline));
                 }
                 Err(e) => {
                     // Usually EMFILE: back off a little instead of spinning.
