@@ -40,9 +40,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::gateway::server::{is_loopback_host, Server};
 use crate::protocol::{close, RoomName};
 use crate::sanitize::{json_depth, sanitize_value, MAX_DEPTH};
-use crate::server::{is_loopback_host, Server};
 
 /// Most admin connections open at once; more are closed as soon as they are accepted. Admin
 /// clients are a Prometheus server or two, the orchestrator's probes and an operator's tools,

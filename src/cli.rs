@@ -27,11 +27,11 @@ use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 use crate::admin::Admin;
 use crate::broker::{HistorySettings, MemoryBroker};
 use crate::config::{Config, LogFormat, Source};
+use crate::gateway::server::Server;
 use crate::hub::Hub;
 use crate::limits::{ConnectionCounter, HandshakeLimiter};
 use crate::live::{Live, Shared};
 use crate::metrics::Metrics;
-use crate::server::Server;
 use crate::tls;
 
 pub const EXIT_RUNTIME: i32 = 1;
