@@ -239,7 +239,7 @@ impl Default for RoomsConfig {
         RoomsConfig {
             history_size: 100,
             history_ttl: Duration::from_secs(600),
-            presence_limit: crate::hub::DEFAULT_PRESENCE_LIMIT,
+            presence_limit: 1000,
             history_max_bytes: ByteSize::mib(256),
         }
     }

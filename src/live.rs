@@ -55,6 +55,4 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Cancelled at shutdown; every session holds a child.
     pub shutdown: CancellationToken,
-    /// A random prefix that makes session ids unique across restarts.
-    pub node_tag: u32,
 }

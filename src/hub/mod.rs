@@ -1,36 +1,40 @@
-//! The room hub: membership, presence and local fan-out. It never sees a socket: each session
-//! is a [`SessionHandle`] (a bounded queue plus a close switch).
+//! The room hub: membership and local fan-out. It never sees a socket: each session is a
+//! [`SessionHandle`] (a bounded queue plus a close switch), and it never owns a stream:
+//! offsets, history and presence belong to the [`Broker`], which hands this node every
+//! publication and presence change of the rooms it has members in ([`BrokerHandler`]).
 //!
-//! Streams, offsets and history belong to the [`Broker`]; the hub subscribes to a room when
-//! its first local member joins and receives every publication through [`BrokerHandler`].
-//!
-//! A join is ordered against live traffic without holding a lock across the broker call: the
-//! member is added in a *recovering* state that buffers live publications, the broker is asked
-//! for the replay, then (under the room lock again) `joined`, the replay and the buffered
-//! publications past the replay's end are queued, and the member goes live. So a session never
-//! sees a message twice or out of order, whatever is published meanwhile. Presence skips a
-//! recovering member, and `joined.members` is taken when it goes live, so presence never
-//! precedes `joined` and the two always add up to the room's members.
-//!
-//! Sessions are registered by user in one map, `SessionsByUser`: a session's place is taken
-//! at its handshake ([`Hub::admit`], which enforces `limits.max_connections_per_user` and
-//! reserves in the same step) and holds its handle once it runs. The admin API's disconnect
-//! reads the same map, and removing a session is O(1).
+//! A join is ordered against live traffic without holding a lock across the broker's calls:
+//! the member is added in a *joining* state that buffers live publications and presence
+//! changes; the broker subscribes, records the user's presence and answers with the room's
+//! position, replay and users; then (under the room lock again) `joined`, the replay and the
+//! buffered publications past the replay's end are queued, and the member goes live. Each live
+//! member keeps the last offset it was given and the presence version its `joined.members`
+//! reflected, and drops anything at or below them: a session never sees a message twice or out
+//! of order, and presence never precedes `joined`, whatever the broker delivers meanwhile.
+//! A join whose future is dropped halfway (its session closed) takes its member out again.
 //!
 //! Locks: the room map, then one room; never across an await, never while calling the broker.
 
+mod registry;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerError, BrokerHandler, Publication, PublishRequest, SessionId};
+pub use registry::{SessionPlace, UserAtCap};
+
+use crate::broker::{
+    Broker, BrokerError, BrokerHandler, NodeId, Origin, PresenceChange, Publication,
+    PublishRequest, Recovery, SessionId,
+};
 use crate::metrics::Metrics;
-use crate::protocol::{close, PresenceEvent, RequestId, RoomName, ServerMsg, Since};
+use crate::protocol::{close, RequestId, RoomName, ServerMsg, Since};
 
 /// What a session's writer sends, in queue order.
 #[derive(Debug)]
@@ -111,95 +115,94 @@ impl SessionHandle {
     }
 }
 
+/// Where a member stands in the room's stream.
+enum MemberState {
+    /// Its join is under way: live publications and presence changes wait here.
+    Joining {
+        publications: Vec<Arc<Publication>>,
+        presence: Vec<PresenceChange>,
+    },
+    /// It has been given everything up to `offset` of `epoch`, and presence up to `presence`.
+    Live {
+        epoch: Arc<str>,
+        offset: u64,
+        presence: u64,
+    },
+}
+
 struct Member {
     handle: SessionHandle,
-    /// `Some` while the join's replay is being prepared: live publications wait here.
-    recovering: Option<Vec<Arc<Publication>>>,
+    state: MemberState,
 }
 
 #[derive(Default)]
 struct Room {
     members: HashMap<SessionId, Member>,
-    /// Sessions per user, for per-user presence.
+    /// This node's sessions per user: a user's first one joins presence, its last one leaves.
     users: HashMap<Arc<str>, u32>,
     /// Set when the room left the map; a join that raced with it retries.
     closed: bool,
 }
 
-/// A room as the admin API lists it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RoomInfo {
-    pub room: String,
-    pub members: usize,
-    pub connections: usize,
+/// What became of a publication for one member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Queued,
+    /// It had it already, it is its own, or it is still joining.
+    Skipped,
+    /// Its queue was full: it is being closed as too slow.
+    Refused,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a join did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
+    #[error("already joined this room")]
     AlreadyJoined,
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
-/// Every session on this node by user, from its handshake on: the count
-/// `limits.max_connections_per_user` caps, and the handles the admin API's disconnect closes.
-/// A place is `None` from the handshake that took it until its session registers.
-type SessionsByUser = HashMap<Arc<str>, HashMap<SessionId, Option<SessionHandle>>>;
-
-/// The user already has `limits.max_connections_per_user` sessions (or handshakes about to
-/// become sessions) on this node.
+/// Why a session leaves a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserAtCap;
-
-/// A session's place among its user's sessions, taken at the handshake. Dropping it frees
-/// the place (and forgets the session, had it registered and not yet unregistered): a
-/// handshake that never becomes a session gives its place back.
-pub struct SessionPlace {
-    hub: Arc<Hub>,
-    user: Arc<str>,
-    id: SessionId,
-}
-
-impl SessionPlace {
-    /// The id of the session this place is for.
-    pub fn id(&self) -> SessionId {
-        self.id
-    }
-}
-
-impl Drop for SessionPlace {
-    fn drop(&mut self) {
-        self.hub.remove_session(&self.user, self.id);
-    }
+pub enum Departure {
+    /// The session asked, was refused the room, or closed: the room is told (presence).
+    Left,
+    /// The gateway is shutting down and everyone leaves at once: presence is not announced
+    /// (n² frames for nobody); a cluster's broker accounts for the node as a whole.
+    Shutdown,
 }
 
 pub struct Hub {
+    /// This process, in the origin of its sessions' publications.
+    node: NodeId,
     rooms: RwLock<HashMap<RoomName, Arc<Mutex<Room>>>>,
     broker: Arc<dyn Broker>,
-    sessions_by_user: Mutex<SessionsByUser>,
-    next_session: AtomicU64,
-    /// Most publications buffered for one recovering member before it counts as slow.
-    recovery_buffer: std::sync::atomic::AtomicUsize,
-    /// Rooms with more distinct users than this announce no presence and list only this many
-    /// members in `joined` (see `rooms.presence_limit`).
-    presence_limit: std::sync::atomic::AtomicUsize,
+    sessions_by_user: Mutex<registry::SessionsByUser>,
+    next_session: std::sync::atomic::AtomicU64,
+    /// Most publications buffered for one joining member before it counts as slow.
+    recovery_buffer: AtomicUsize,
     metrics: Arc<Metrics>,
 }
-
-/// Default of `rooms.presence_limit`.
-pub const DEFAULT_PRESENCE_LIMIT: usize = 1000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Hub {
-    pub fn new(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, send_queue: usize) -> Arc<Hub> {
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        send_queue: usize,
+        node: NodeId,
+    ) -> Arc<Hub> {
         let hub = Arc::new(Hub {
+            node,
             rooms: RwLock::new(HashMap::new()),
             broker,
             sessions_by_user: Mutex::new(HashMap::new()),
-            next_session: AtomicU64::new(1),
-            recovery_buffer: std::sync::atomic::AtomicUsize::new(send_queue),
-            presence_limit: std::sync::atomic::AtomicUsize::new(DEFAULT_PRESENCE_LIMIT),
+            next_session: std::sync::atomic::AtomicU64::new(1),
+            recovery_buffer: AtomicUsize::new(send_queue),
             metrics,
         });
         let weak: Weak<Hub> = Arc::downgrade(&hub);
@@ -211,10 +214,6 @@ impl Hub {
         self.recovery_buffer.store(n, Ordering::Relaxed);
     }
 
-    pub fn set_presence_limit(&self, n: usize) {
-        self.presence_limit.store(n, Ordering::Relaxed);
-    }
-
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker
     }
@@ -223,85 +222,12 @@ impl Hub {
         &self.metrics
     }
 
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
     pub fn next_session_id(&self) -> SessionId {
         self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Takes a place for a new session of `user`, unless the user already has `max` places
-    /// on this node. Checked and taken under one lock: concurrent handshakes of one user never
-    /// share the last place.
-    pub fn admit(self: &Arc<Self>, user: &Arc<str>, max: usize) -> Result<SessionPlace, UserAtCap> {
-        let mut by_user = lock(&self.sessions_by_user);
-        let places = by_user.entry(user.clone()).or_default();
-        if places.len() >= max {
-            if places.is_empty() {
-                by_user.remove(user);
-            }
-            return Err(UserAtCap);
-        }
-        let id = self.next_session_id();
-        places.insert(id, None);
-        Ok(SessionPlace {
-            hub: self.clone(),
-            user: user.clone(),
-            id,
-        })
-    }
-
-    /// Makes a session known (for the admin API and the connection gauge) in the place its
-    /// handshake took; `handle.id` is the place's id.
-    pub fn register(&self, place: &SessionPlace, handle: &SessionHandle) {
-        debug_assert_eq!(place.id, handle.id);
-        let mut by_user = lock(&self.sessions_by_user);
-        let entry = by_user
-            .entry(place.user.clone())
-            .or_default()
-            .entry(place.id)
-            .or_default();
-        if entry.replace(handle.clone()).is_none() {
-            self.metrics.connections.inc();
-        }
-    }
-
-    /// Forgets a session as soon as it stops serving; its place is free for the user's next
-    /// handshake.
-    pub fn unregister(&self, handle: &SessionHandle) {
-        self.remove_session(&handle.user, handle.id);
-    }
-
-    /// Frees the place `id` of `user`, if it is still taken.
-    fn remove_session(&self, user: &Arc<str>, id: SessionId) {
-        let mut by_user = lock(&self.sessions_by_user);
-        let Some(places) = by_user.get_mut(user) else {
-            return;
-        };
-        if let Some(Some(_)) = places.remove(&id) {
-            self.metrics.connections.dec();
-        }
-        if places.is_empty() {
-            by_user.remove(user);
-        }
-    }
-
-    /// Closes every session of `user` with `code`; returns how many.
-    pub fn disconnect_user(&self, user: &str, code: u16) -> usize {
-        let by_user = lock(&self.sessions_by_user);
-        by_user.get(user).map_or(0, |places| {
-            places
-                .values()
-                .flatten()
-                .filter(|h| h.ctl.close(code))
-                .count()
-        })
-    }
-
-    /// Sessions registered on this node.
-    pub fn session_count(&self) -> usize {
-        lock(&self.sessions_by_user)
-            .values()
-            .flat_map(HashMap::values)
-            .flatten()
-            .count()
     }
 
     fn read_rooms(&self) -> std::sync::RwLockReadGuard<'_, HashMap<RoomName, Arc<Mutex<Room>>>> {
@@ -312,37 +238,61 @@ impl Hub {
         self.rooms.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends `frame` to every live member of `room` except `except`. Members still joining
-    /// are skipped: the `members` of their `joined`, taken later under the same lock, already
-    /// reflects the change, and presence must never precede `joined`.
-    fn broadcast_local(&self, room: &Room, frame: &Utf8Bytes, except: SessionId) {
-        for (id, m) in &room.members {
-            if *id != except && m.recovering.is_none() {
-                m.handle.send(Outbound::Frame(frame.clone()), &self.metrics);
-            }
-        }
+    fn room(&self, name: &RoomName) -> Option<Arc<Mutex<Room>>> {
+        self.read_rooms().get(name).cloned()
     }
 
     /// Adds a session to a room and queues `joined`, the replay and then live messages.
-    pub fn join(
+    ///
+    /// Owns what it needs, so a session can keep serving its socket while the broker answers
+    /// (cluster mode: a Redis round trip). Dropped before it finishes, it takes the member
+    /// out again.
+    pub async fn join(
+        self: Arc<Self>,
+        handle: SessionHandle,
+        room: RoomName,
+        since: Option<Since>,
+        id: Option<RequestId>,
+    ) -> Result<(), JoinError> {
+        // 1. Become a joining member: live traffic is buffered from now on.
+        let (entry, first_of_user) = self.add_member(&handle, &room)?;
+        let mut joining = Joining {
+            hub: &self,
+            handle: &handle,
+            room: &room,
+            subscribed: false,
+            presence: first_of_user.then_some(false),
+            done: false,
+        };
+        // 2. Ask the broker (no hub lock held): every local member holds one subscription.
+        self.broker.subscribe(&room).await?;
+        joining.subscribed = true;
+        if first_of_user {
+            self.broker.presence_join(&room, &handle.user).await?;
+            joining.presence = Some(true);
+        }
+        let recovery = self.broker.recover(&room, since.as_ref()).await?;
+        // 3. Queue joined + replay + what was buffered past it, then go live.
+        self.go_live(&entry, &handle, &room, recovery, id.as_ref());
+        joining.done = true;
+        Ok(())
+    }
+
+    /// Step 1 of a join: the member in its joining state. Returns the room and whether this is
+    /// the user's first session in it on this node.
+    fn add_member(
         &self,
         handle: &SessionHandle,
-        room_name: &RoomName,
-        since: Option<&Since>,
-        id: Option<&RequestId>,
-    ) -> Result<(), JoinError> {
-        // 1. Become a recovering member (live publications are buffered from now on).
-        let room = loop {
-            let existing = self.read_rooms().get(room_name).cloned();
-            let room = match existing {
+        name: &RoomName,
+    ) -> Result<(Arc<Mutex<Room>>, bool), JoinError> {
+        loop {
+            let room = match self.room(name) {
                 Some(r) => r,
-                None => {
-                    let mut rooms = self.write_rooms();
-                    rooms
-                        .entry(room_name.clone())
-                        .or_insert_with(|| Arc::new(Mutex::new(Room::default())))
-                        .clone()
-                }
+                None => self
+                    .write_rooms()
+                    .entry(name.clone())
+                    .or_insert_with(|| Arc::new(Mutex::new(Room::default())))
+                    .clone(),
             };
             let mut r = lock(&room);
             if r.closed {
@@ -355,50 +305,57 @@ impl Hub {
                 handle.id,
                 Member {
                     handle: handle.clone(),
-                    recovering: Some(Vec::new()),
+                    state: MemberState::Joining {
+                        publications: Vec::new(),
+                        presence: Vec::new(),
+                    },
                 },
             );
             let count = r.users.entry(handle.user.clone()).or_insert(0);
             *count += 1;
-            let first_of_user = *count == 1;
-            if first_of_user && r.users.len() <= self.presence_limit.load(Ordering::Relaxed) {
-                let frame = Utf8Bytes::from(
-                    ServerMsg::Presence {
-                        room: room_name.as_str(),
-                        event: PresenceEvent::Join,
-                        user: &handle.user,
-                    }
-                    .to_text(),
-                );
-                self.broadcast_local(&r, &frame, handle.id);
-            }
+            let first = *count == 1;
             drop(r);
-            break room;
-        };
-        // 2. Ask the broker (no hub lock held). Every local member holds one subscription.
-        self.broker.subscribe(room_name);
-        let recovery = self.broker.recover(room_name, since);
-        // 3. Queue joined + replay + buffered live publications, then go live.
-        let mut r = lock(&room);
-        // Members as of now: presence from here on reaches this session after `joined`.
-        let limit = self.presence_limit.load(Ordering::Relaxed);
-        let members: Vec<Arc<str>> = r.users.keys().take(limit).cloned().collect();
-        let members_total = (r.users.len() > members.len()).then_some(r.users.len());
+            return Ok((room, first));
+        }
+    }
+
+    /// Step 3 of a join: `joined`, the replay, the buffered traffic past it; the member is
+    /// live from here on.
+    fn go_live(
+        &self,
+        room: &Mutex<Room>,
+        handle: &SessionHandle,
+        name: &RoomName,
+        recovery: Recovery,
+        id: Option<&RequestId>,
+    ) {
+        let mut r = lock(room);
         let Some(member) = r.members.get_mut(&handle.id) else {
-            return Ok(()); // the session left meanwhile
+            return; // the session left meanwhile
         };
-        let buffered = member.recovering.take().unwrap_or_default();
+        let live = MemberState::Live {
+            epoch: recovery.epoch.clone(),
+            offset: recovery.offset,
+            presence: recovery.presence_version,
+        };
+        let MemberState::Joining {
+            publications,
+            presence,
+        } = std::mem::replace(&mut member.state, live)
+        else {
+            return;
+        };
         let joined = ServerMsg::Joined {
-            room: room_name.as_str(),
+            room: name.as_str(),
             epoch: &recovery.epoch,
             offset: recovery.offset,
             recovered: recovery.recovered,
-            members: &members,
-            members_total,
+            members: &recovery.members,
+            members_total: recovery.members_total,
             id,
         }
         .to_text();
-        let h = &member.handle;
+        let h = member.handle.clone();
         let mut ok = h.send(Outbound::Frame(Utf8Bytes::from(joined)), &self.metrics);
         for p in recovery.publications {
             if !ok {
@@ -406,31 +363,85 @@ impl Hub {
             }
             ok = h.send(Outbound::Replay(p), &self.metrics);
         }
-        for p in buffered {
+        // Buffered traffic goes through the same checks as live traffic: past the replay's
+        // end and the members list only.
+        for p in publications {
             if !ok {
                 break;
             }
-            if *p.epoch == *recovery.epoch
-                && p.offset > recovery.offset
-                && p.origin != Some(handle.id)
-            {
-                ok = h.send(Outbound::Replay(p), &self.metrics);
-            }
+            ok = self.deliver(member, &p, Outbound::Replay(p.clone())) != Delivery::Refused;
         }
-        Ok(())
+        for change in presence {
+            if !ok {
+                break;
+            }
+            ok = self.announce(member, name, &change);
+        }
     }
 
-    /// Removes a session from a room; presence leave (when `announce`) if it was the user's
-    /// last session there. Returns false when the session was not a member.
-    pub fn leave(&self, handle: &SessionHandle, room_name: &RoomName, announce: bool) -> bool {
-        let Some(room) = self.read_rooms().get(room_name).cloned() else {
+    /// Queues a publication for a live member unless it has it already (or it is its own).
+    fn deliver(&self, member: &mut Member, p: &Publication, item: Outbound) -> Delivery {
+        let MemberState::Live { epoch, offset, .. } = &mut member.state else {
+            return Delivery::Skipped;
+        };
+        let own = p.origin
+            == Some(Origin {
+                node: self.node,
+                session: member.handle.id,
+            });
+        // Another epoch: the broker closes the room's sessions (1012) instead.
+        if p.offset <= *offset || *p.epoch != **epoch || own {
+            return Delivery::Skipped;
+        }
+        *offset = p.offset;
+        if member.handle.send(item, &self.metrics) {
+            Delivery::Queued
+        } else {
+            Delivery::Refused
+        }
+    }
+
+    /// Queues a presence change for a live member unless its `joined.members` had it.
+    fn announce(&self, member: &mut Member, room: &RoomName, change: &PresenceChange) -> bool {
+        let MemberState::Live { presence, .. } = &mut member.state else {
+            return true;
+        };
+        if change.version <= *presence {
+            return true;
+        }
+        *presence = change.version;
+        let frame = ServerMsg::Presence {
+            room: room.as_str(),
+            event: change.event,
+            user: &change.user,
+        }
+        .to_text();
+        member
+            .handle
+            .send(Outbound::Frame(Utf8Bytes::from(frame)), &self.metrics)
+    }
+
+    /// Takes a session out of a room. Returns false when it was not a member.
+    pub fn leave(&self, handle: &SessionHandle, room: &RoomName, departure: Departure) -> bool {
+        let Some(last_of_user) = self.remove_member(handle, room) else {
             return false;
         };
-        let empty = {
-            let mut r = lock(&room);
-            if r.members.remove(&handle.id).is_none() {
-                return false;
+        if departure == Departure::Left {
+            if last_of_user {
+                self.broker.presence_leave(room, &handle.user);
             }
+            self.broker.unsubscribe(room);
+        }
+        true
+    }
+
+    /// Removes the member; `Some(last session of its user here)`, or `None` when it was not
+    /// a member. An empty room leaves the map.
+    fn remove_member(&self, handle: &SessionHandle, name: &RoomName) -> Option<bool> {
+        let room = self.room(name)?;
+        let (last_of_user, empty) = {
+            let mut r = lock(&room);
+            r.members.remove(&handle.id)?;
             let last_of_user = match r.users.get_mut(&handle.user) {
                 Some(n) if *n > 1 => {
                     *n -= 1;
@@ -441,70 +452,39 @@ impl Hub {
                     true
                 }
             };
-            // Counted before the user left, as at join: the same rooms stay silent.
-            let small = r.users.len() < self.presence_limit.load(Ordering::Relaxed);
-            if last_of_user && announce && small {
-                let frame = Utf8Bytes::from(
-                    ServerMsg::Presence {
-                        room: room_name.as_str(),
-                        event: PresenceEvent::Leave,
-                        user: &handle.user,
-                    }
-                    .to_text(),
-                );
-                self.broadcast_local(&r, &frame, handle.id);
-            }
-            r.members.is_empty()
+            (last_of_user, r.members.is_empty())
         };
         if empty {
             let mut rooms = self.write_rooms();
             let mut r = lock(&room);
             if r.members.is_empty() && !r.closed {
                 r.closed = true;
-                rooms.remove(room_name);
+                rooms.remove(name);
             }
         }
-        self.broker.unsubscribe(room_name);
-        true
+        Some(last_of_user)
     }
 
     /// Publishes into a room through the broker; returns the message's offset.
-    pub fn publish(
-        &self,
-        room: &RoomName,
-        from: &str,
-        data: &serde_json::Value,
+    pub async fn publish(
+        self: Arc<Self>,
+        room: RoomName,
+        from: Arc<str>,
+        data: Value,
         origin: Option<SessionId>,
     ) -> Result<u64, BrokerError> {
-        self.broker.publish(PublishRequest {
-            room,
-            from,
-            data,
-            origin,
-        })
-    }
-
-    /// Rooms with local members, for the admin API.
-    pub fn rooms(&self) -> Vec<RoomInfo> {
-        let rooms: Vec<(RoomName, Arc<Mutex<Room>>)> = self
-            .read_rooms()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut out: Vec<RoomInfo> = rooms
-            .into_iter()
-            .map(|(name, room)| {
-                let r = lock(&room);
-                RoomInfo {
-                    room: name.to_string(),
-                    members: r.users.len(),
-                    connections: r.members.len(),
-                }
+        let origin = origin.map(|session| Origin {
+            node: self.node,
+            session,
+        });
+        self.broker
+            .publish(PublishRequest {
+                room: &room,
+                from: &from,
+                data: &data,
+                origin,
             })
-            .filter(|i| i.connections > 0)
-            .collect();
-        out.sort_by(|a, b| a.room.cmp(&b.room));
-        out
+            .await
     }
 
     /// Periodic upkeep: history expiry and the room gauge.
@@ -519,9 +499,36 @@ impl Hub {
     }
 }
 
+/// A join under way; dropped before `done`, it undoes what the join did so far, so a session
+/// that closes mid-join leaves no member behind (nor a subscription or presence).
+struct Joining<'a> {
+    hub: &'a Hub,
+    handle: &'a SessionHandle,
+    room: &'a RoomName,
+    subscribed: bool,
+    /// `Some` for the user's first session here: whether the broker recorded its presence.
+    presence: Option<bool>,
+    done: bool,
+}
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let last_of_user = self.hub.remove_member(self.handle, self.room);
+        if self.presence == Some(true) && last_of_user == Some(true) {
+            self.hub.broker.presence_leave(self.room, &self.handle.user);
+        }
+        if self.subscribed {
+            self.hub.broker.unsubscribe(self.room);
+        }
+    }
+}
+
 impl BrokerHandler for Hub {
-    fn on_publication(&self, room_name: &RoomName, p: Arc<Publication>) {
-        let Some(room) = self.read_rooms().get(room_name).cloned() else {
+    fn on_publication(&self, name: &RoomName, p: Arc<Publication>) {
+        let Some(room) = self.room(name) else {
             return;
         };
         let mut r = lock(&room);
@@ -530,22 +537,18 @@ impl BrokerHandler for Hub {
         // below, so a writer can never bring the count to zero before the loop ends.
         p.pending.store(r.members.len() + 1, Ordering::Release);
         let mut not_sent = 1;
-        for (id, m) in r.members.iter_mut() {
-            if Some(*id) == p.origin {
-                not_sent += 1;
-                continue;
-            }
-            match &mut m.recovering {
-                Some(buffer) => {
+        for m in r.members.values_mut() {
+            match &mut m.state {
+                MemberState::Joining { publications, .. } => {
                     not_sent += 1;
-                    if buffer.len() >= cap {
+                    if publications.len() >= cap {
                         m.handle.close_slow(&self.metrics);
                     } else {
-                        buffer.push(p.clone());
+                        publications.push(p.clone());
                     }
                 }
-                None => {
-                    if !m.handle.send(Outbound::Live(p.clone()), &self.metrics) {
+                MemberState::Live { .. } => {
+                    if self.deliver(m, &p, Outbound::Live(p.clone())) != Delivery::Queued {
                         not_sent += 1;
                     }
                 }
@@ -556,110 +559,53 @@ impl BrokerHandler for Hub {
             self.metrics.fanout_done(p.accepted);
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::broker::{HistorySettings, MemoryBroker};
-
-    fn hub() -> Arc<Hub> {
-        let broker = Arc::new(MemoryBroker::new(HistorySettings {
-            size: 10,
-            ttl: std::time::Duration::from_secs(60),
-            max_bytes: 1 << 20,
-        }));
-        Hub::new(broker, Arc::new(Metrics::new()), 16)
-    }
-
-    /// A session registered in `place`.
-    fn session(hub: &Hub, place: &SessionPlace, user: &Arc<str>) -> SessionHandle {
-        let (tx, _rx) = mpsc::channel(4);
-        let handle = SessionHandle {
-            id: place.id(),
-            user: user.clone(),
-            tx,
-            ctl: Arc::new(SessionCtl::new(CancellationToken::new())),
+    fn on_presence(&self, name: &RoomName, change: PresenceChange) {
+        let Some(room) = self.room(name) else {
+            return;
         };
-        hub.register(place, &handle);
-        handle
+        let mut r = lock(&room);
+        for m in r.members.values_mut() {
+            match &mut m.state {
+                MemberState::Joining { presence, .. } => presence.push(change.clone()),
+                MemberState::Live { .. } => {
+                    self.announce(m, name, &change);
+                }
+            }
+        }
     }
 
-    #[test]
-    fn places_per_user_are_capped_and_freed_by_unregister_or_drop() {
-        let hub = hub();
-        let alice: Arc<str> = Arc::from("alice");
-        let bob: Arc<str> = Arc::from("bob");
-        let first = hub.admit(&alice, 2).expect("first");
-        let second = hub.admit(&alice, 2).expect("second (not yet a session)");
-        assert_eq!(hub.admit(&alice, 2).err(), Some(UserAtCap));
-        let _bob = hub.admit(&bob, 2).expect("another user");
-        let a1 = session(&hub, &first, &alice);
-        assert_eq!(hub.session_count(), 1);
-        assert_eq!(hub.metrics.connections.get(), 1);
-
-        // A handshake that never became a session gives its place back.
-        drop(second);
-        let third = hub.admit(&alice, 2).expect("the freed place");
-        // A session frees its place when it unregisters, before its place is dropped.
-        hub.unregister(&a1);
-        assert_eq!(hub.session_count(), 0);
-        assert_eq!(hub.metrics.connections.get(), 0);
-        let fourth = hub
-            .admit(&alice, 2)
-            .expect("the unregistered session's place");
-        drop(first); // after unregister: nothing left to free
-        assert_eq!(hub.admit(&alice, 2).err(), Some(UserAtCap));
-        drop((third, fourth));
-        assert!(
-            !lock(&hub.sessions_by_user).contains_key(&alice),
-            "a user without places is forgotten"
-        );
+    fn on_stream_lost(&self, name: &RoomName) {
+        let Some(room) = self.room(name) else {
+            return;
+        };
+        let r = lock(&room);
+        for m in r.members.values() {
+            m.handle.ctl.close(close::RECONNECT);
+        }
     }
 
-    #[test]
-    fn concurrent_handshakes_of_one_user_never_share_the_last_place() {
-        let hub = hub();
-        let alice: Arc<str> = Arc::from("alice");
-        let _held: Vec<SessionPlace> = (0..4).map(|_| hub.admit(&alice, 5).unwrap()).collect();
-        let barrier = std::sync::Barrier::new(8);
-        let won: Vec<SessionPlace> = std::thread::scope(|s| {
-            let tries: Vec<_> = (0..8)
-                .map(|_| {
-                    s.spawn(|| {
-                        barrier.wait();
-                        hub.admit(&alice, 5).ok()
-                    })
-                })
-                .collect();
-            tries
-                .into_iter()
-                .filter_map(|t| t.join().expect("thread"))
-                .collect()
-        });
-        assert_eq!(won.len(), 1);
+    fn disconnect_local(&self, user: &str, code: u16) -> usize {
+        self.disconnect_local_sessions(user, code)
     }
 
-    #[test]
-    fn disconnect_closes_every_registered_session_of_the_user_once() {
-        let hub = hub();
-        let alice: Arc<str> = Arc::from("alice");
-        let bob: Arc<str> = Arc::from("bob");
-        let places: Vec<SessionPlace> = (0..3).map(|_| hub.admit(&alice, 9).unwrap()).collect();
-        let handles: Vec<SessionHandle> = places[..2]
+    fn local_rooms(&self) -> Vec<(RoomName, usize)> {
+        let rooms: Vec<(RoomName, Arc<Mutex<Room>>)> = self
+            .read_rooms()
             .iter()
-            .map(|p| session(&hub, p, &alice))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let bob_place = hub.admit(&bob, 9).unwrap();
-        let bob_handle = session(&hub, &bob_place, &bob);
-        assert_eq!(hub.disconnect_user("alice", close::KICKED), 2);
-        assert!(handles.iter().all(|h| h.ctl.code() == close::KICKED));
-        assert!(!bob_handle.ctl.token().is_cancelled());
-        assert_eq!(
-            hub.disconnect_user("alice", close::KICKED),
-            0,
-            "already closing"
-        );
-        assert_eq!(hub.disconnect_user("nobody", close::KICKED), 0);
+        rooms
+            .into_iter()
+            .map(|(name, room)| {
+                let connections = lock(&room).members.len();
+                (name, connections)
+            })
+            .filter(|(_, connections)| *connections > 0)
+            .collect()
+    }
+
+    fn local_sessions(&self) -> usize {
+        self.session_count()
     }
 }
