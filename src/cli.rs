@@ -84,8 +84,6 @@ enum Command {
         #[arg(long = "host")]
         hosts: Vec<String>,
     },
-    /// Load-test a running wsgate (see BENCHMARKS.md)
-    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// Entry point of the binary; returns the process exit code.
@@ -107,15 +105,18 @@ pub fn main() -> i32 {
             ttl.into(),
         ),
         Command::GenCert { out, hosts } => gen_cert(&out, hosts),
-        Command::Bench(args) => crate::bench::main(*args),
     }
 }
 
+/// The configuration at `path`, checked as `serve` checks it (the file, then its compiled
+/// live settings).
 fn load(path: &Path) -> Result<Config, i32> {
-    Config::load(Source { path, env: None }).map_err(|e| {
-        eprintln!("wsgate: configuration error: {e}");
-        EXIT_CONFIG
-    })
+    Config::load(Source { path, env: None })
+        .and_then(|cfg| Live::from_config(&cfg).map(|_| cfg))
+        .map_err(|e| {
+            eprintln!("wsgate: configuration error: {e}");
+            EXIT_CONFIG
+        })
 }
 
 fn check_config(path: &Path) -> i32 {
@@ -153,7 +154,7 @@ fn token(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let secret = match crate::auth::hs_secret(&cfg.auth) {
+    let secret = match cfg.auth.hs_secret() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wsgate: configuration error: {e}");
