@@ -10,13 +10,15 @@
 use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wsgate::broker::{HistorySettings, MemoryBroker};
-use wsgate::hub::{Hub, Outbound, SessionCtl, SessionHandle};
+use wsgate::broker::memory::NodeIdentity;
+use wsgate::broker::{MemoryBroker, RoomSettings};
+use wsgate::hub::{Departure, Hub, Outbound, SessionCtl, SessionHandle};
 use wsgate::metrics::Metrics;
-use wsgate::protocol::{ClientMsg, RoomName, ServerMsg};
+use wsgate::protocol::{ClientMsg, MessageDraft, RoomName};
 use wsgate::sanitize::parse_client;
 
 const CHAT: &str = r#"{"type":"publish","room":"lobby","id":17,"data":{"text":"hey, is the deploy done? \u202eok","mentions":["bob","carol"],"client_ts":1767225000123}}"#;
@@ -27,15 +29,8 @@ fn parse_sanitize_serialize(c: &mut Criterion) {
             let Ok(ClientMsg::Publish { room, data, .. }) = parse_client(black_box(CHAT)) else {
                 panic!("valid publish");
             };
-            let frame = ServerMsg::Message {
-                room: room.as_str(),
-                from: "alice",
-                data: &data,
-                epoch: "a1b2c3d4",
-                offset: 58,
-                ts: 1_767_225_000_123,
-            }
-            .to_text();
+            let frame =
+                MessageDraft::new(&room, "alice", &data, 1_767_225_000_123).finish("a1b2c3d4", 58);
             black_box(frame)
         })
     });
@@ -48,14 +43,30 @@ struct Room {
     data: Value,
 }
 
-fn room_of(n: usize) -> Room {
+/// Joins `handle` to `room` (the in-memory broker answers at once).
+fn join(hub: &Arc<Hub>, handle: &SessionHandle, room: &RoomName) {
+    hub.clone()
+        .join(handle.clone(), room.clone(), None, None)
+        .now_or_never()
+        .expect("the in-memory broker answers at once")
+        .expect("join");
+}
+
+fn room_of(n: usize, presence_limit: usize) -> Room {
     let metrics = Arc::new(Metrics::new());
-    let broker = Arc::new(MemoryBroker::new(HistorySettings {
-        size: 100,
-        ttl: std::time::Duration::from_secs(600),
-        max_bytes: 256 << 20,
-    }));
-    let hub = Hub::new(broker, metrics, 1024);
+    let broker = Arc::new(MemoryBroker::new(
+        RoomSettings {
+            history_size: 100,
+            history_ttl: std::time::Duration::from_secs(600),
+            history_max_bytes: 256 << 20,
+            presence_limit,
+        },
+        NodeIdentity {
+            name: "bench".into(),
+            started_at: 0,
+        },
+    ));
+    let hub = Hub::new(broker, metrics, 1024, 1);
     let room = RoomName::parse("bench").expect("room");
     let mut receivers = Vec::with_capacity(n);
     for i in 0..n {
@@ -66,7 +77,7 @@ fn room_of(n: usize) -> Room {
             tx,
             ctl: Arc::new(SessionCtl::new(CancellationToken::new())),
         };
-        hub.join(&handle, &room, None, None).expect("join");
+        join(&hub, &handle, &room);
         receivers.push(rx);
     }
     for rx in &mut receivers {
@@ -83,12 +94,15 @@ fn room_of(n: usize) -> Room {
 fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
     for n in [100usize, 1_000, 10_000] {
-        let mut r = room_of(n);
+        let mut r = room_of(n, 1000);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 r.hub
-                    .publish(&r.room, "@server", &r.data, None)
+                    .clone()
+                    .publish(r.room.clone(), Arc::from("@server"), r.data.clone(), None)
+                    .now_or_never()
+                    .expect("the in-memory broker answers at once")
                     .expect("publish");
                 for rx in &mut r.receivers {
                     while let Ok(item) = rx.try_recv() {
@@ -104,8 +118,7 @@ fn fanout(c: &mut Criterion) {
 fn join_leave(c: &mut Criterion) {
     let mut g = c.benchmark_group("join_leave");
     for n in [100usize, 1_000, 10_000] {
-        let r = room_of(n);
-        r.hub.set_presence_limit(0);
+        let r = room_of(n, 0);
         let (tx, mut rx) = mpsc::channel(4096);
         let handle = SessionHandle {
             id: r.hub.next_session_id(),
@@ -115,8 +128,8 @@ fn join_leave(c: &mut Criterion) {
         };
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
-                r.hub.join(&handle, &r.room, None, None).expect("join");
-                r.hub.leave(&handle, &r.room, true);
+                join(&r.hub, &handle, &r.room);
+                r.hub.leave(&handle, &r.room, Departure::Left);
                 while rx.try_recv().is_ok() {}
             })
         });

@@ -3,12 +3,15 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 while accepting, 503 while draining |
+//! | `GET /readyz` | 200 while accepting, 503 while draining or while the broker is out of reach |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /api/publish` | `{"room","data"}` → `{"offset":N}`, delivered `from:"@server"` |
 //! | `POST /api/disconnect` | `{"user"}` → `{"closed":N}`, sessions closed with 4003 |
 //! | `GET /api/rooms` | `[{"room","members","connections"}]` |
+//! | `GET /api/nodes` | `[{"node","connections","rooms","started_at"}]` |
 //!
+//! The `/api/*` routes act on the whole gateway through the broker (in a cluster, on every
+//! node); while it is out of reach they answer 503 `{"error":"unavailable"}`.
 //! `/api/*` needs `Authorization: Bearer <admin.api_key>`, compared in constant time. Published
 //! data goes through the same checks as a client's (size, depth, room name, sanitizing).
 //!
@@ -40,9 +43,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::broker::{Broker, BrokerError};
+use crate::gateway::server::{is_loopback_host, Server};
 use crate::protocol::{close, RoomName};
 use crate::sanitize::{json_depth, sanitize_value, MAX_DEPTH};
-use crate::server::{is_loopback_host, Server};
 
 /// Most admin connections open at once; more are closed as soon as they are accepted. Admin
 /// clients are a Prometheus server or two, the orchestrator's probes and an operator's tools,
@@ -203,6 +207,12 @@ impl Admin {
                         "draining\n".into(),
                         "text/plain",
                     )
+                } else if !self.broker().ready() {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "broker unavailable\n".into(),
+                        "text/plain",
+                    )
                 } else {
                     text(StatusCode::OK, "ready\n".into(), "text/plain")
                 }
@@ -228,10 +238,9 @@ impl Admin {
                 let r = match (method, p) {
                     (Method::POST, "/api/publish") => self.publish(req).await,
                     (Method::POST, "/api/disconnect") => self.disconnect(req).await,
-                    (Method::GET, "/api/rooms") => {
-                        json_resp(StatusCode::OK, json!(self.server.shared.hub.rooms()))
-                    }
-                    (_, "/api/publish" | "/api/disconnect" | "/api/rooms") => {
+                    (Method::GET, "/api/rooms") => answer(self.broker().rooms().await),
+                    (Method::GET, "/api/nodes") => answer(self.broker().nodes().await),
+                    (_, "/api/publish" | "/api/disconnect" | "/api/rooms" | "/api/nodes") => {
                         error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
                     }
                     _ => error(StatusCode::NOT_FOUND, "no such admin route"),
@@ -309,15 +318,11 @@ impl Admin {
             );
         }
         sanitize_value(&mut data);
-        match self
-            .server
-            .shared
-            .hub
-            .publish(&room, SERVER_SENDER, &data, None)
-        {
-            Ok(offset) => json_resp(StatusCode::OK, json!({ "offset": offset })),
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-        }
+        let hub = self.server.shared.hub.clone();
+        let published = hub
+            .publish(room, Arc::from(SERVER_SENDER), data, None)
+            .await;
+        answer(published.map(|offset| json!({ "offset": offset })))
     }
 
     async fn disconnect(&self, req: Request<Incoming>) -> Resp {
@@ -326,10 +331,25 @@ impl Admin {
             Err(r) => return r,
         };
         let closed = self
-            .server
-            .shared
-            .hub
-            .disconnect_user(&body.user, close::KICKED);
-        json_resp(StatusCode::OK, json!({ "closed": closed }))
+            .broker()
+            .disconnect_user(&body.user, close::KICKED)
+            .await;
+        answer(closed.map(|closed| json!({ "closed": closed })))
+    }
+
+    fn broker(&self) -> &Arc<dyn Broker> {
+        self.server.shared.hub.broker()
+    }
+}
+
+/// 200 with the value as JSON, or 503 `{"error":"unavailable"}` when the broker is out of
+/// reach (CONTRACT §7); what went wrong stays in the log.
+fn answer<T: serde::Serialize>(result: Result<T, BrokerError>) -> Resp {
+    match result {
+        Ok(value) => json_resp(StatusCode::OK, json!(value)),
+        Err(e) => {
+            warn!(error = %e, "admin request failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
     }
 }

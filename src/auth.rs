@@ -18,7 +18,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, ConfigError};
 
 /// Longest accepted `sub` / `name`, in bytes: they are shown to every member of a room.
 pub const MAX_SUB_BYTES: usize = 128;
@@ -126,15 +126,8 @@ impl AuthError {
     }
 }
 
-/// A configuration problem found while building the verifier.
-#[derive(Debug, thiserror::Error)]
-pub enum VerifierError {
-    #[error("{key}: {message}")]
-    Config { key: &'static str, message: String },
-}
-
-fn cfg_err(key: &'static str, message: impl Into<String>) -> VerifierError {
-    VerifierError::Config {
+fn cfg_err(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
         key,
         message: message.into(),
     }
@@ -174,26 +167,8 @@ fn is_hmac(alg: Algorithm) -> bool {
     matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
-/// Reads the HS secret: inline, or from a file (one trailing newline trimmed).
-pub fn hs_secret(cfg: &AuthConfig) -> Result<Vec<u8>, VerifierError> {
-    if cfg.hs_secret_file.is_empty() {
-        return Ok(cfg.hs_secret.as_bytes().to_vec());
-    }
-    let raw = std::fs::read(&cfg.hs_secret_file).map_err(|e| {
-        cfg_err(
-            "auth.hs_secret_file",
-            format!("cannot read {}: {e}", cfg.hs_secret_file),
-        )
-    })?;
-    let mut secret = raw;
-    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        secret.pop();
-    }
-    Ok(secret)
-}
-
 impl Verifier {
-    pub fn from_config(cfg: &AuthConfig) -> Result<Self, VerifierError> {
+    pub fn from_config(cfg: &AuthConfig) -> Result<Self, ConfigError> {
         let mut allowed = Vec::new();
         for name in &cfg.algorithms {
             let alg = Algorithm::from_str(name).map_err(|_| {
@@ -227,7 +202,7 @@ impl Verifier {
         let hs = if hs_algs.is_empty() {
             None
         } else {
-            let secret = hs_secret(cfg)?;
+            let secret = cfg.hs_secret()?;
             if secret.is_empty() {
                 return Err(cfg_err(
                     "auth.hs_secret",

@@ -25,14 +25,15 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::admin::Admin;
-use crate::broker::{HistorySettings, MemoryBroker};
+use crate::broker::memory::NodeIdentity;
+use crate::broker::{Broker, MemoryBroker, RoomSettings};
 use crate::config::{Config, LogFormat, Source};
+use crate::gateway::proxy_header::TrustedProxies;
+use crate::gateway::server::Server;
 use crate::hub::Hub;
 use crate::limits::{ConnectionCounter, HandshakeLimiter};
 use crate::live::{Live, Shared};
 use crate::metrics::Metrics;
-use crate::proxy_header::TrustedProxies;
-use crate::server::Server;
 use crate::tls;
 
 pub const EXIT_RUNTIME: i32 = 1;
@@ -84,8 +85,6 @@ enum Command {
         #[arg(long = "host")]
         hosts: Vec<String>,
     },
-    /// Load-test a running wsgate (see BENCHMARKS.md)
-    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// Entry point of the binary; returns the process exit code.
@@ -107,15 +106,18 @@ pub fn main() -> i32 {
             ttl.into(),
         ),
         Command::GenCert { out, hosts } => gen_cert(&out, hosts),
-        Command::Bench(args) => crate::bench::main(*args),
     }
 }
 
+/// The configuration at `path`, checked as `serve` checks it (the file, then its compiled
+/// live settings).
 fn load(path: &Path) -> Result<Config, i32> {
-    Config::load(Source { path, env: None }).map_err(|e| {
-        eprintln!("wsgate: configuration error: {e}");
-        EXIT_CONFIG
-    })
+    Config::load(Source { path, env: None })
+        .and_then(|cfg| Live::from_config(&cfg).map(|_| cfg))
+        .map_err(|e| {
+            eprintln!("wsgate: configuration error: {e}");
+            EXIT_CONFIG
+        })
 }
 
 fn check_config(path: &Path) -> i32 {
@@ -153,7 +155,7 @@ fn token(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let secret = match crate::auth::hs_secret(&cfg.auth) {
+    let secret = match cfg.auth.hs_secret() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wsgate: configuration error: {e}");
@@ -391,7 +393,6 @@ struct Running {
     path: PathBuf,
     config: std::sync::Mutex<Config>,
     server: Arc<Server>,
-    broker: Arc<MemoryBroker>,
     filter: FilterHandle,
 }
 
@@ -416,16 +417,23 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
     metrics
         .max_connections
         .set(cfg.server.max_connections as i64);
-    let broker = Arc::new(MemoryBroker::new(history_settings(&cfg)));
-    let hub = Hub::new(broker.clone(), metrics.clone(), cfg.limits.send_queue);
-    hub.set_presence_limit(cfg.rooms.presence_limit);
+    let node = NodeIdentity {
+        name: node_name(&cfg),
+        started_at: crate::auth::unix_now(),
+    };
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(room_settings(&cfg), node));
+    let hub = Hub::new(
+        broker,
+        metrics.clone(),
+        cfg.limits.send_queue,
+        rand::random(),
+    );
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         live: ArcSwap::from_pointee(Live::from_config(&cfg)?),
         hub: hub.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
-        node_tag: rand::random(),
     });
     let server = Arc::new(Server {
         shared: shared.clone(),
@@ -472,7 +480,6 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
         path,
         config: std::sync::Mutex::new(cfg),
         server: server.clone(),
-        broker,
         filter,
     });
 
@@ -523,13 +530,27 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
     Ok(())
 }
 
-/// The broker's history settings from `[rooms]` (at start and on reload alike).
-fn history_settings(cfg: &Config) -> HistorySettings {
-    HistorySettings {
-        size: cfg.rooms.history_size,
-        ttl: cfg.rooms.history_ttl,
-        max_bytes: cfg.rooms.history_max_bytes.as_u64(),
+/// The broker's room settings from `[rooms]` (at start and on reload alike).
+fn room_settings(cfg: &Config) -> RoomSettings {
+    RoomSettings {
+        history_size: cfg.rooms.history_size,
+        history_ttl: cfg.rooms.history_ttl,
+        history_max_bytes: cfg.rooms.history_max_bytes.as_u64(),
+        presence_limit: cfg.rooms.presence_limit,
     }
+}
+
+/// `cluster.node_name`, or the host name and 6 random hex digits (CONTRACT §2).
+fn node_name(cfg: &Config) -> String {
+    if !cfg.cluster.node_name.is_empty() {
+        return cfg.cluster.node_name.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wsgate".into());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
 }
 
 /// The process signals the gateway acts on, installed before it says it is ready: a SIGHUP
@@ -623,7 +644,11 @@ fn reload(running: &Running) {
         .set_per_minute(next.limits.handshakes_per_ip_per_minute);
     if current.rooms != next.rooms {
         applied.push("rooms");
-        running.broker.set_history(history_settings(&next));
+        server
+            .shared
+            .hub
+            .broker()
+            .set_settings(room_settings(&next));
     }
     if current.server.max_connections != next.server.max_connections
         || current.server.handshake_timeout != next.server.handshake_timeout
@@ -634,10 +659,6 @@ fn reload(running: &Running) {
         applied.push("server (limits and timeouts for new connections)");
     }
     server.shared.hub.set_send_queue(next.limits.send_queue);
-    server
-        .shared
-        .hub
-        .set_presence_limit(next.rooms.presence_limit);
     metrics
         .max_connections
         .set(next.server.max_connections as i64);

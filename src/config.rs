@@ -190,6 +190,25 @@ impl Default for AuthConfig {
     }
 }
 
+impl AuthConfig {
+    /// The HS secret: inline, or read from `hs_secret_file` (one trailing newline trimmed).
+    pub fn hs_secret(&self) -> Result<Vec<u8>, ConfigError> {
+        if self.hs_secret_file.is_empty() {
+            return Ok(self.hs_secret.as_bytes().to_vec());
+        }
+        let mut secret = std::fs::read(&self.hs_secret_file).map_err(|e| {
+            ConfigError::invalid(
+                "auth.hs_secret_file",
+                format!("cannot read {}: {e}", self.hs_secret_file),
+            )
+        })?;
+        while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            secret.pop();
+        }
+        Ok(secret)
+    }
+}
+
 /// One public key for asymmetric tokens, selected by the token header's `kid`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -256,7 +275,7 @@ impl Default for RoomsConfig {
         RoomsConfig {
             history_size: 100,
             history_ttl: Duration::from_secs(600),
-            presence_limit: crate::hub::DEFAULT_PRESENCE_LIMIT,
+            presence_limit: 1000,
             history_max_bytes: ByteSize::mib(256),
         }
     }
@@ -423,8 +442,6 @@ impl Config {
                 "is empty and origin.allow_missing is false: every handshake would be refused",
             ));
         }
-        crate::origin::OriginPolicy::new(&self.origin)
-            .map_err(|e| ConfigError::invalid("origin.allowed", e.to_string()))?;
         self.validate_auth()?;
         let l = &self.limits;
         for (key, v) in [
@@ -533,8 +550,6 @@ impl Config {
                 "requires origin.allow_missing = false (a cookie is sent by any page's socket)",
             ));
         }
-        // Building the verifier checks algorithms, the secret and every key file.
-        crate::auth::Verifier::from_config(a).map_err(ConfigError::from)?;
         Ok(())
     }
 
@@ -552,7 +567,7 @@ impl Config {
             } else {
                 "auth.hs_secret_file"
             };
-            let bytes = crate::auth::hs_secret(a).map_err(ConfigError::from)?;
+            let bytes = a.hs_secret()?;
             SecretValue {
                 key,
                 value: &bytes,
@@ -653,16 +668,6 @@ const REDACTED: &str = "<redacted>";
 /// Browsers accept a cookie with this name prefix only from the exact host, over https, with
 /// `Path=/` and no `Domain`: no sibling subdomain can plant one (cookie tossing).
 const HOST_COOKIE_PREFIX: &str = "__Host-";
-
-impl From<crate::auth::VerifierError> for ConfigError {
-    fn from(e: crate::auth::VerifierError) -> Self {
-        match e {
-            crate::auth::VerifierError::Config { key, message } => {
-                ConfigError::Invalid { key, message }
-            }
-        }
-    }
-}
 
 /// One secret as [`Config::validate_secrets`] judges it.
 struct SecretValue<'a> {

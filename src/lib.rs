@@ -2,47 +2,45 @@
 //!
 //! ```text
 //! TCP ─▶ TLS (rustls) ─▶ HTTP/1.1 (hyper) ─┬─▶ static files (demo page, client library)
-//!                                          └─▶ handshake gate: rate ▸ capacity ▸ upgrade ▸ Origin ▸ JWT
+//!                                          └─▶ handshake gate: rate ▸ capacity ▸ upgrade ▸ Origin ▸ JWT ▸ per-user cap
 //!                                                 │ 101
 //!                                                 ▼
-//!                                   session (one task: read, write queue, ping, expiry)
+//!                        session (one task: read, write queue, ping, expiry, a request waiting on the broker)
 //!                                                 │ join / leave / publish
 //!                                                 ▼
-//!                                   hub (rooms, presence, local fan-out) ◀──▶ broker (streams, history)
+//!                        hub (members, local fan-out) ◀──▶ broker (streams, history, presence; one node or a cluster)
 //! ```
 //!
 //! # Layout
 //! Each module has one job; a module imports only from the layers above it in this list.
-//! 1. [`protocol`] wire types and close codes, [`config`] the file, [`metrics`] Prometheus.
+//! 1. [`protocol`] wire types and close codes, [`config`] the file (data and its own checks),
+//!    [`metrics`] Prometheus.
 //! 2. [`sanitize`] raw text → checked messages, [`origin`] the Origin allowlist, [`auth`] JWT →
 //!    identity, [`limits`] rate limits and connection permits, [`tls`] certificates,
-//!    [`broker`] streams, offsets and history behind a trait, [`proxy_header`] the PROXY
-//!    protocol header a load balancer puts before the client's bytes.
-//! 3. [`hub`] rooms, presence and fan-out; [`live`] the settings a reload swaps.
-//! 4. [`handshake`] the pre-101 checks, [`session`] one connection.
-//! 5. [`server`] the public listener, [`admin`] the internal one.
-//! 6. [`cli`] commands and wiring, [`bench`] the load generator.
+//!    [`broker`] streams, offsets, history and presence behind a trait.
+//! 3. [`hub`] rooms, members and local fan-out; [`live`] the settings a reload swaps (and the
+//!    semantic checks of the config).
+//! 4. [`gateway`]: the public listener, the pre-101 checks, one task per connection.
+//! 5. [`admin`] the internal listener.
+//! 6. [`cli`] commands and wiring.
+//!
+//! The load generator is its own crate (`tools/wsgate-bench`), not part of the gateway.
 //!
 //! # Non-goals (for now)
-//! permessage-deflate (tungstenite has none), multi-node fan-out (the [`broker::Broker`] trait
-//! is the seam for it), binary payloads.
+//! permessage-deflate (tungstenite has none), binary payloads.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
-pub mod handshake;
+pub mod gateway;
 pub mod hub;
 pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod origin;
 pub mod protocol;
-pub mod proxy_header;
 pub mod sanitize;
-pub mod server;
-pub mod session;
 pub mod tls;

@@ -27,16 +27,15 @@ pub struct Live {
 }
 
 impl Live {
+    /// Compiles the live settings: the Origin allowlist, the token verifier (algorithms, the
+    /// secret, every key file). With [`Config::load`]'s checks of the file itself, this is the
+    /// whole of what `check-config`, `serve` and a reload accept.
     pub fn from_config(cfg: &Config) -> Result<Live, ConfigError> {
         let origin = OriginPolicy::new(&cfg.origin).map_err(|e| ConfigError::Invalid {
             key: "origin.allowed",
             message: e.to_string(),
         })?;
-        let verifier = Verifier::from_config(&cfg.auth).map_err(|e| match e {
-            crate::auth::VerifierError::Config { key, message } => {
-                ConfigError::Invalid { key, message }
-            }
-        })?;
+        let verifier = Verifier::from_config(&cfg.auth)?;
         Ok(Live {
             origin,
             verifier,
@@ -55,6 +54,4 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Cancelled at shutdown; every session holds a child.
     pub shutdown: CancellationToken,
-    /// A random prefix that makes session ids unique across restarts.
-    pub node_tag: u32,
 }

@@ -16,13 +16,15 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+    /// Cluster mode: this node missed messages of a room it can no longer replay.
+    pub const RECONNECT: u16 = 1012;
     pub const SLOW: u16 = 1013;
     pub const IDLE: u16 = 4000;
     pub const EXPIRED: u16 = 4001;
     pub const KICKED: u16 = 4003;
 
     /// Every code the gateway may send, for metrics labels.
-    pub const ALL: [u16; 11] = [
+    pub const ALL: [u16; 12] = [
         NORMAL,
         GOING_AWAY,
         UNSUPPORTED,
@@ -30,6 +32,7 @@ pub mod close {
         POLICY,
         TOO_BIG,
         INTERNAL,
+        RECONNECT,
         SLOW,
         IDLE,
         EXPIRED,
@@ -45,6 +48,7 @@ pub mod close {
             INVALID_UTF8 => "invalid UTF-8",
             POLICY => "policy violation",
             TOO_BIG => "message too big",
+            RECONNECT => "missed messages: reconnect and recover",
             SLOW => "too slow to read messages",
             IDLE => "idle timeout",
             EXPIRED => "token expired",
@@ -140,6 +144,8 @@ pub enum ErrorCode {
     RateLimited,
     TooManyRooms,
     TokenInvalid,
+    /// Cluster mode: the shared state (Redis) is out of reach; retry later.
+    Unavailable,
     Internal,
 }
 
@@ -152,6 +158,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::TokenInvalid => "token_invalid",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -199,14 +206,6 @@ pub enum ServerMsg<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
     },
-    Message {
-        room: &'a str,
-        from: &'a str,
-        data: &'a Value,
-        epoch: &'a str,
-        offset: u64,
-        ts: u64,
-    },
     Presence {
         room: &'a str,
         event: PresenceEvent,
@@ -228,6 +227,58 @@ pub enum ServerMsg<'a> {
         code: ErrorCode,
         message: &'a str,
     },
+}
+
+/// A `message` frame before the broker gives it its place in the room's stream: every field
+/// but `epoch` and `offset`, which come last so the frame is finished by appending them — in
+/// this process on one node, in the Redis script that assigns the offset in a cluster. Either
+/// way the message is serialized once.
+#[derive(Debug, Clone)]
+pub struct MessageDraft {
+    /// `{"type":"message",...,"ts":N,"epoch":"`
+    head: String,
+}
+
+impl MessageDraft {
+    pub fn new(room: &RoomName, from: &str, data: &Value, ts: u64) -> MessageDraft {
+        #[derive(Serialize)]
+        struct Head<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            room: &'a str,
+            from: &'a str,
+            data: &'a Value,
+            ts: u64,
+        }
+        let head = Head {
+            kind: "message",
+            room: room.as_str(),
+            from,
+            data,
+            ts,
+        };
+        // Serializing a `Value` with string keys cannot fail; the fallback is never taken.
+        let mut head = to_json(&head).unwrap_or_else(|_| r#"{"type":"message"}"#.to_string());
+        head.pop(); // the closing brace
+        head.push_str(r#","epoch":""#);
+        MessageDraft { head }
+    }
+
+    /// The frame up to the epoch's value.
+    pub fn head(&self) -> &str {
+        &self.head
+    }
+
+    /// The whole frame. `epoch` is one of the broker's own (hex digits: nothing to escape).
+    pub fn finish(&self, epoch: &str, offset: u64) -> String {
+        let mut frame = String::with_capacity(self.head.len() + epoch.len() + 32);
+        frame.push_str(&self.head);
+        frame.push_str(epoch);
+        frame.push_str(r#"","offset":"#);
+        frame.push_str(itoa::Buffer::new().format(offset));
+        frame.push('}');
+        frame
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -293,6 +344,19 @@ mod tests {
         assert!(RoomName::parse("").is_err());
         assert!(RoomName::parse("with space").is_err());
         assert!(RoomName::parse("émoji").is_err());
+    }
+
+    #[test]
+    fn a_message_draft_finishes_into_the_documented_frame() {
+        let room = RoomName::parse("lobby").unwrap();
+        let data = serde_json::json!({"text": "hi"});
+        let frame = MessageDraft::new(&room, "bob", &data, 1767225000123).finish("a1b2", 58);
+        let v: Value = serde_json::from_str(&frame).expect("JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"message","room":"lobby","from":"bob","data":{"text":"hi"},
+                "epoch":"a1b2","offset":58,"ts":1767225000123u64})
+        );
     }
 
     #[test]

@@ -171,7 +171,7 @@ async fn handshakes_in_flight_are_counted_per_header_address() {
     let gw = behind_proxy(|s| {
         s.set("limits", "handshakes_in_flight_per_ip", json!(1))
             .set("server", "handshake_timeout", json!("60s"))
-            .set("log", "level", json!("info,wsgate::server=debug"));
+            .set("log", "level", json!("info,wsgate::gateway::server=debug"));
     })
     .await;
     let skip = gw.log_len();

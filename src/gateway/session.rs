@@ -2,7 +2,10 @@
 //! pings, and enforces idle time, token expiry, rate limits and the abuse rules of CONTRACT §5.
 //!
 //! A single task owns the socket: it `select!`s over the close switch, the outbound queue, the
-//! next client frame, the ping timer and the token's expiry. Writes are batched (feed, then one
+//! next client frame, the ping timer, the token's expiry and the request waiting on the broker.
+//! A join or publish that waits on the broker (a Redis round trip in a cluster) does not stop
+//! the session from writing and pinging; the next client message is read once it is answered,
+//! so a session's publishes keep their order. Writes are batched (feed, then one
 //! flush per burst) and can always be interrupted by the close switch, so a client that stops
 //! reading cannot pin the task: its queue fills, the hub flips the switch (1013), and the
 //! session ends, freeing its memory.
@@ -10,6 +13,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +29,8 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info_span, warn};
 
 use crate::auth::{unix_now, Identity};
-use crate::broker::Publication;
-use crate::hub::{JoinError, Outbound, SessionCtl, SessionHandle, SessionPlace};
+use crate::broker::{BrokerError, Publication};
+use crate::hub::{Departure, JoinError, Outbound, SessionCtl, SessionHandle, SessionPlace};
 use crate::limits::{ConnPermit, MessageLimiter};
 use crate::live::Shared;
 use crate::metrics::DropReason;
@@ -71,7 +75,8 @@ where
 {
     let hub = shared.hub.clone();
     let id = accepted.place.id();
-    let session_id = format!("{:08x}{id:x}", shared.node_tag);
+    // Unique across nodes and restarts: the node's random id, then the session's.
+    let session_id = format!("{:016x}{id:x}", hub.node());
     let span = info_span!(
         "session",
         session = %session_id,
@@ -110,6 +115,7 @@ where
         flood: None,
         last_seen: Instant::now(),
         settled: Vec::new(),
+        waiting: None,
         _permit: accepted.permit,
         _place: accepted.place,
     });
@@ -141,6 +147,8 @@ struct Session<S> {
     last_seen: Instant,
     /// Live publications written in the current batch, settled after its flush.
     settled: Vec<Arc<Publication>>,
+    /// The request waiting on the broker, if any; no client message is read meanwhile.
+    waiting: Option<Waiting>,
     /// The connection's slot in the connection limits, freed with the session.
     _permit: ConnPermit,
     /// Its place among its user's sessions; `unregister` frees it first, this at the latest.
@@ -150,6 +158,22 @@ struct Session<S> {
 enum WriteError {
     Cancelled,
     Socket,
+}
+
+/// A request waiting on the broker: its answer, once there, is applied to the session.
+type Waiting = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// What the broker answered to a request.
+enum Answer {
+    Join {
+        room: RoomName,
+        id: Option<RequestId>,
+        result: Result<(), JoinError>,
+    },
+    Publish {
+        id: Option<RequestId>,
+        result: Result<u64, BrokerError>,
+    },
 }
 
 /// Longest a token may keep a session open without a refresh; a far-future `exp` (a token
@@ -217,13 +241,27 @@ where
                         Err(WriteError::Socket) => break None,
                     }
                 }
-                msg = self.ws.next() => {
+                answer = wait(&mut self.waiting), if self.waiting.is_some() => {
+                    self.waiting = None;
+                    if let Some(code) = self.apply(answer) {
+                        break Some(code);
+                    }
+                }
+                msg = self.ws.next(), if self.waiting.is_none() => {
                     match msg {
                         None => break None,
                         Some(Ok(Message::Text(text))) => {
                             self.last_seen = Instant::now();
                             if let Some(code) = self.on_text(&text, &mut expiry) {
                                 break Some(code);
+                            }
+                            // A broker that answers at once (one node) is answered here,
+                            // without another turn of the loop.
+                            if let Some(answer) = poll_once(&mut self.waiting).await {
+                                self.waiting = None;
+                                if let Some(code) = self.apply(answer) {
+                                    break Some(code);
+                                }
                             }
                         }
                         Some(Ok(Message::Pong(_))) => self.last_seen = Instant::now(),
@@ -243,9 +281,15 @@ where
 
         // Leave every room first so nothing new is queued. At shutdown everyone leaves at
         // once: presence is not announced then (it would be n² frames for nobody).
-        let announce = code != Some(close::GOING_AWAY);
+        // A join still waiting on the broker is dropped: it takes its member out itself.
+        self.waiting = None;
+        let departure = if code == Some(close::GOING_AWAY) {
+            Departure::Shutdown
+        } else {
+            Departure::Left
+        };
         for room in self.joined.drain() {
-            self.shared.hub.leave(&self.handle, &room, announce);
+            self.shared.hub.leave(&self.handle, &room, departure);
         }
         self.shared.hub.unregister(&self.handle);
         if let Some(code) = code {
@@ -377,22 +421,16 @@ where
                     );
                     return self.refuse(id.as_ref(), ErrorCode::TooManyRooms, &message);
                 }
-                match self
-                    .shared
-                    .hub
-                    .join(&self.handle, &room, since.as_ref(), id.as_ref())
-                {
-                    Ok(()) => {
-                        self.joined.insert(room);
-                    }
-                    Err(JoinError::AlreadyJoined) => {
-                        return self.refuse(
-                            id.as_ref(),
-                            ErrorCode::BadRequest,
-                            "already joined this room",
-                        )
-                    }
-                }
+                let join = self.shared.hub.clone().join(
+                    self.handle.clone(),
+                    room.clone(),
+                    since,
+                    id.clone(),
+                );
+                self.waiting = Some(Box::pin(async move {
+                    let result = join.await;
+                    Answer::Join { room, id, result }
+                }));
             }
             ClientMsg::Leave { room, id } => {
                 if !self.command_allowed(&live.limits) {
@@ -401,7 +439,7 @@ where
                 if !self.joined.remove(&room) {
                     return self.refuse(id.as_ref(), ErrorCode::NotJoined, "not in this room");
                 }
-                self.shared.hub.leave(&self.handle, &room, true);
+                self.shared.hub.leave(&self.handle, &room, Departure::Left);
                 self.reply(ServerMsg::Left {
                     room: room.as_str(),
                     reason: None,
@@ -423,30 +461,16 @@ where
                         format!("{} messages/s exceeded", live.limits.messages_per_second);
                     return self.rate_limited(id.as_ref(), &message);
                 }
-                match self.shared.hub.publish(
-                    &room,
-                    &self.identity.user,
-                    &data,
+                let publish = self.shared.hub.clone().publish(
+                    room,
+                    self.identity.user.clone(),
+                    data,
                     Some(self.handle.id),
-                ) {
-                    Ok(offset) => {
-                        if id.is_some() {
-                            self.reply(ServerMsg::Ack {
-                                id: id.as_ref(),
-                                offset,
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        // The cause stays in the log: broker details are not the client's.
-                        warn!(room = %room, error = %e, "publish failed");
-                        self.reply(ServerMsg::Error {
-                            id: id.as_ref(),
-                            code: ErrorCode::Internal,
-                            message: "the message could not be published",
-                        });
-                    }
-                }
+                );
+                self.waiting = Some(Box::pin(async move {
+                    let result = publish.await;
+                    Answer::Publish { id, result }
+                }));
             }
             ClientMsg::Refresh { token, id } => {
                 if !self.command_allowed(&live.limits) {
@@ -481,7 +505,7 @@ where
                     .collect();
                 for room in revoked {
                     self.joined.remove(&room);
-                    self.shared.hub.leave(&self.handle, &room, true);
+                    self.shared.hub.leave(&self.handle, &room, Departure::Left);
                     self.reply(ServerMsg::Left {
                         room: room.as_str(),
                         reason: Some("forbidden"),
@@ -494,6 +518,84 @@ where
         self.refused_streak = 0;
         None
     }
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// Applies the broker's answer to a join or publish; returns a close code when the abuse
+    /// limit is reached.
+    fn apply(&mut self, answer: Answer) -> Option<u16> {
+        match answer {
+            Answer::Join {
+                room,
+                result: Ok(()),
+                ..
+            } => {
+                self.joined.insert(room);
+            }
+            Answer::Join {
+                id,
+                result: Err(JoinError::AlreadyJoined),
+                ..
+            } => {
+                return self.refuse(
+                    id.as_ref(),
+                    ErrorCode::BadRequest,
+                    "already joined this room",
+                )
+            }
+            Answer::Join {
+                id,
+                result: Err(JoinError::Broker(e)),
+                ..
+            }
+            | Answer::Publish { id, result: Err(e) } => self.unavailable(id.as_ref(), &e),
+            Answer::Publish {
+                id,
+                result: Ok(offset),
+            } => {
+                if id.is_some() {
+                    self.reply(ServerMsg::Ack {
+                        id: id.as_ref(),
+                        offset,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Answers a request the broker could not serve: `unavailable`, not counted as abuse.
+    /// The cause stays in the log: broker details are not the client's.
+    fn unavailable(&mut self, id: Option<&RequestId>, e: &BrokerError) {
+        warn!(error = %e, "request refused: broker unavailable");
+        self.reply(ServerMsg::Error {
+            id,
+            code: ErrorCode::Unavailable,
+            message: "the gateway cannot serve this right now; retry later",
+        });
+    }
+}
+
+/// The answer of the request waiting on the broker; pending forever when there is none (the
+/// loop only polls it when there is).
+async fn wait(waiting: &mut Option<Waiting>) -> Answer {
+    match waiting {
+        Some(w) => w.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Polls the waiting request once: its answer when it is ready now.
+async fn poll_once(waiting: &mut Option<Waiting>) -> Option<Answer> {
+    let w = waiting.as_mut()?;
+    std::future::poll_fn(|cx| match w.as_mut().poll(cx) {
+        std::task::Poll::Ready(answer) => std::task::Poll::Ready(Some(answer)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// The refusal text for a request past the command bucket.
@@ -632,14 +734,8 @@ mod tests {
         let mut cfg = crate::config::Config::default();
         cfg.auth.leeway = Duration::ZERO;
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let broker = Arc::new(crate::broker::MemoryBroker::new(
-            crate::broker::HistorySettings {
-                size: 10,
-                ttl: Duration::from_secs(60),
-                max_bytes: 1 << 20,
-            },
-        ));
-        let hub = crate::hub::Hub::new(broker, metrics.clone(), 64);
+        let broker = Arc::new(crate::broker::MemoryBroker::for_tests());
+        let hub = crate::hub::Hub::new(broker, metrics.clone(), 64, 1);
         let user: Arc<str> = Arc::from("flooder");
         let place = hub.admit(&user, 1).unwrap();
         let shared = Arc::new(Shared {
@@ -647,7 +743,6 @@ mod tests {
             hub,
             metrics,
             shutdown: tokio_util::sync::CancellationToken::new(),
-            node_tag: 1,
         });
         let written = Arc::new(std::sync::Mutex::new(Vec::new()));
         let socket = PingFlood {

@@ -42,12 +42,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::handshake::{self, Gate};
+use crate::gateway::handshake::{self, Gate};
+use crate::gateway::proxy_header::{self, TrustedProxies};
+use crate::gateway::session::{self, Accepted};
 use crate::limits::{ConnPermit, ConnectionCounter, HandshakeLimiter};
 use crate::live::Shared;
 use crate::metrics::HandshakeResult;
-use crate::proxy_header::{self, TrustedProxies};
-use crate::session::{self, Accepted};
 use crate::tls::ReloadableCert;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;

@@ -1,102 +1,27 @@
-//! The seam between the hub and "every node that has members of a room".
-//!
-//! A [`Broker`] owns each room's stream: it assigns offsets, keeps the history ring, and hands
-//! every publication — whichever node it came from — to the local hub through a
-//! [`BrokerHandler`], in offset order. [`MemoryBroker`] is the single-node implementation; a
-//! Redis backplane implements the same trait (publish = append + PUBLISH, subscribe =
-//! SUBSCRIBE on the first local member), so sessions and the protocol do not change.
-//!
-//! Lock order: a stream's lock may be held while calling the handler; the hub never calls the
-//! broker while holding one of its own locks.
+//! The single-node broker: every room's stream and presence in this process's memory. Every
+//! call is answered at once; the trait's futures are ready ones.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::mem::size_of;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::protocol::{RoomName, ServerMsg, Since};
+use super::{
+    ready, Broker, BrokerFuture, BrokerHandler, NodeInfo, PresenceChange, Publication,
+    PublishRequest, Recovery, RoomInfo, RoomSettings,
+};
+use crate::protocol::{MessageDraft, PresenceEvent, RoomName, Since};
 
-/// Identifies a session on this node, to keep a publication from echoing to its sender.
-pub type SessionId = u64;
-
-/// One message in a room's stream, serialized once for every recipient.
-#[derive(Debug)]
-pub struct Publication {
-    pub epoch: Arc<str>,
-    pub offset: u64,
-    /// The `message` frame, shared by every recipient and the history.
-    pub frame: Utf8Bytes,
-    /// The publishing session, when it is on this node.
-    pub origin: Option<SessionId>,
-    /// When the publication was accepted, for the fan-out latency histogram.
-    pub accepted: Instant,
-    /// Live recipients that have not written it yet (see the hub's fan-out).
-    pub pending: AtomicUsize,
-}
-
-/// What a publisher hands the broker.
-pub struct PublishRequest<'a> {
-    pub room: &'a RoomName,
-    pub from: &'a str,
-    pub data: &'a Value,
-    pub origin: Option<SessionId>,
-}
-
-/// The answer to a join: where the room stands and what the client missed.
-#[derive(Debug)]
-pub struct Recovery {
-    pub epoch: Arc<str>,
-    /// The room's last offset: where the replay ends.
-    pub offset: u64,
-    pub publications: Vec<Arc<Publication>>,
-    /// False when the history no longer holds everything after `since`, or the epoch changed.
-    pub recovered: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// Receives publications for rooms this node is subscribed to.
-pub trait BrokerHandler: Send + Sync {
-    fn on_publication(&self, room: &RoomName, publication: Arc<Publication>);
-}
-
-/// Streams, history and cross-node fan-out for rooms.
-pub trait Broker: Send + Sync {
-    /// Where publications go; set once, after the hub exists.
-    fn attach(&self, handler: Weak<dyn BrokerHandler>);
-    /// Appends a message to the room's stream and delivers it to every subscribed node.
-    /// Returns the message's offset.
-    fn publish(&self, req: PublishRequest<'_>) -> Result<u64, BrokerError>;
-    /// This node now has (one more) member in `room`; call it before [`Broker::recover`].
-    fn subscribe(&self, room: &RoomName);
-    /// One member fewer in `room` on this node.
-    fn unsubscribe(&self, room: &RoomName);
-    /// The room's position, and the publications after `since` when it is given.
-    fn recover(&self, room: &RoomName, since: Option<&Since>) -> Recovery;
-    /// Drops history past its ttl or over the byte budget, and forgets the rooms nobody is
-    /// in once they are idle past the ttl or lose their history. Called once a second: it
-    /// must cost what it drops, not what it keeps.
-    fn sweep(&self, now: Instant);
-    /// Rooms the broker keeps (with members, or kept for recovery).
-    fn room_count(&self) -> usize;
-}
-
-/// History settings, changeable on reload.
-#[derive(Debug, Clone, Copy)]
-pub struct HistorySettings {
-    pub size: usize,
-    pub ttl: Duration,
-    /// All rooms' history together, in bytes as [`MemoryBroker`] counts them.
-    pub max_bytes: u64,
+/// This node as the admin API's node list shows it.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    pub name: String,
+    /// Unix seconds.
+    pub started_at: u64,
 }
 
 /// Stream map shards: publishes to different rooms seldom wait on the same lock, and the
@@ -139,6 +64,9 @@ struct Stream {
     /// kept (its epoch, offsets and history) `ttl` after it.
     last_active: Instant,
     subscribers: usize,
+    /// Users with a session in the room (presence), and how many changes they went through.
+    users: HashSet<Arc<str>>,
+    presence_version: u64,
     /// The room's key in the index, and the tick it was taken in. Every room that has
     /// history or nobody in it is in the index (which may also hold some rooms that have
     /// members again: the upkeep drops them when it meets them).
@@ -158,6 +86,8 @@ impl Stream {
             last_publish: Instant::now(),
             last_active: Instant::now(),
             subscribers: 0,
+            users: HashSet::new(),
+            presence_version: 0,
             index_key: None,
             removed: false,
         }
@@ -205,8 +135,10 @@ pub struct MemoryBroker {
     index: Mutex<Index>,
     /// Sum of every stream's `cost`.
     history_bytes: AtomicUsize,
-    settings: arc_swap::ArcSwap<HistorySettings>,
+    settings: arc_swap::ArcSwap<RoomSettings>,
     handler: OnceLock<Weak<dyn BrokerHandler>>,
+    /// This node, for the admin API's node list.
+    node: NodeIdentity,
     /// Origin and length of the index ticks.
     started: Instant,
     tick: Duration,
@@ -231,7 +163,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl MemoryBroker {
-    pub fn new(settings: HistorySettings) -> Self {
+    pub fn new(settings: RoomSettings, node: NodeIdentity) -> Self {
         MemoryBroker {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             hasher: std::hash::RandomState::new(),
@@ -240,14 +172,10 @@ impl MemoryBroker {
             history_bytes: AtomicUsize::new(0),
             settings: arc_swap::ArcSwap::from_pointee(settings),
             handler: OnceLock::new(),
+            node,
             started: Instant::now(),
             tick: TICK,
         }
-    }
-
-    /// New settings apply from the next publish (size) and the next upkeep (ttl, budget).
-    pub fn set_history(&self, settings: HistorySettings) {
-        self.settings.store(Arc::new(settings));
     }
 
     /// Bytes the history of every room costs now, as the budget counts them.
@@ -376,46 +304,58 @@ impl MemoryBroker {
     }
 }
 
-impl Broker for MemoryBroker {
-    fn attach(&self, handler: Weak<dyn BrokerHandler>) {
-        let _ = self.handler.set(handler);
+#[cfg(test)]
+impl MemoryBroker {
+    /// A broker for tests: default room settings, a node named `test`.
+    pub fn for_tests() -> Self {
+        Self::with_settings(RoomSettings {
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+            history_max_bytes: 1 << 30,
+            presence_limit: 1000,
+        })
     }
 
-    fn publish(&self, req: PublishRequest<'_>) -> Result<u64, BrokerError> {
+    pub fn with_settings(settings: RoomSettings) -> Self {
+        MemoryBroker::new(
+            settings,
+            NodeIdentity {
+                name: "test".into(),
+                started_at: 0,
+            },
+        )
+    }
+}
+
+impl MemoryBroker {
+    fn handler(&self) -> Option<Arc<dyn BrokerHandler>> {
+        self.handler.get().and_then(Weak::upgrade)
+    }
+
+    /// [`Broker::publish`], answered at once.
+    pub fn publish_now(&self, req: PublishRequest<'_>) -> u64 {
         let settings = **self.settings.load();
-        let handler = self.handler.get().and_then(Weak::upgrade);
+        let handler = self.handler();
+        let draft = MessageDraft::new(req.room, req.from, req.data, now_ms());
         let offset = self.with_stream(req.room, |s| {
             s.last_offset += 1;
             let offset = s.last_offset;
             s.last_publish = Instant::now();
             s.last_active = s.last_publish;
-            let mut frame = ServerMsg::Message {
-                room: req.room.as_str(),
-                from: req.from,
-                data: req.data,
-                epoch: &s.epoch,
+            let frame = draft.finish(&s.epoch, offset);
+            let publication = Arc::new(Publication::new(
+                s.epoch.clone(),
                 offset,
-                ts: now_ms(),
-            }
-            .to_text();
-            // The serializer grows its buffer by doubling; the frame lives on in the history
-            // and in every recipient's queue, so give the spare capacity (up to half) back.
-            frame.shrink_to_fit();
-            let publication = Arc::new(Publication {
-                epoch: s.epoch.clone(),
-                offset,
-                frame: Utf8Bytes::from(frame),
-                origin: req.origin,
-                accepted: Instant::now(),
-                pending: AtomicUsize::new(0),
-            });
+                Utf8Bytes::from(frame),
+                req.origin,
+            ));
             // A history_size lowered by a reload takes effect here.
-            while !s.history.is_empty() && s.history.len() >= settings.size {
+            while !s.history.is_empty() && s.history.len() >= settings.history_size {
                 if let Some(old) = s.history.pop_front() {
                     s.frame_bytes -= old.frame.len();
                 }
             }
-            if settings.size > 0 {
+            if settings.history_size > 0 {
                 s.frame_bytes += publication.frame.len();
                 s.history.push_back(publication.clone());
             } else {
@@ -425,50 +365,38 @@ impl Broker for MemoryBroker {
                 self.touch(s, req.room);
             }
             self.account(s);
-            // Delivered under the stream lock, so every node sees offsets in order.
-            if let Some(h) = handler {
+            // Delivered under the stream lock, so the hub sees offsets in order.
+            if let Some(h) = &handler {
                 h.on_publication(req.room, publication);
             }
             offset
         });
-        self.enforce_budget(settings.max_bytes);
-        Ok(offset)
+        self.enforce_budget(settings.history_max_bytes);
+        offset
     }
 
-    fn subscribe(&self, room: &RoomName) {
+    /// [`Broker::subscribe`], answered at once.
+    pub fn subscribe_now(&self, room: &RoomName) {
         self.with_stream(room, |s| {
             s.subscribers += 1;
             self.account(s);
         });
     }
 
-    fn unsubscribe(&self, room: &RoomName) {
-        let max_bytes = self.settings.load().max_bytes;
-        let stream = lock(self.shard(room)).get(room).cloned();
-        let Some(stream) = stream else {
-            return;
-        };
-        {
-            let mut s = lock(&stream);
-            s.subscribers = s.subscribers.saturating_sub(1);
-            if s.subscribers == 0 {
-                // Kept for the members' recovery after a blip, then forgotten.
-                s.last_active = Instant::now();
-                self.touch(&mut s, room);
-                self.account(&mut s);
-            }
-        }
-        self.enforce_budget(max_bytes);
-    }
-
-    fn recover(&self, room: &RoomName, since: Option<&Since>) -> Recovery {
-        let ttl = self.settings.load().ttl;
+    /// [`Broker::recover`], answered at once.
+    pub fn recover_now(&self, room: &RoomName, since: Option<&Since>) -> Recovery {
+        let settings = **self.settings.load();
         self.with_stream(room, |s| {
+            let limit = settings.presence_limit;
+            let members: Vec<Arc<str>> = s.users.iter().take(limit).cloned().collect();
             let mut recovery = Recovery {
                 epoch: s.epoch.clone(),
                 offset: s.last_offset,
                 publications: Vec::new(),
                 recovered: true,
+                members_total: (s.users.len() > members.len()).then_some(s.users.len()),
+                members,
+                presence_version: s.presence_version,
             };
             let Some(since) = since else {
                 return recovery;
@@ -478,7 +406,7 @@ impl Broker for MemoryBroker {
                 return recovery;
             }
             // The history as a whole lives `ttl` past the room's last message.
-            if s.last_publish.elapsed() <= ttl {
+            if s.last_publish.elapsed() <= settings.history_ttl {
                 recovery.publications = s
                     .history
                     .iter()
@@ -497,6 +425,144 @@ impl Broker for MemoryBroker {
         })
     }
 
+    /// [`Broker::presence_join`], answered at once. On one node, a user's first session
+    /// here is their first session anywhere.
+    pub fn presence_join_now(&self, room: &RoomName, user: &Arc<str>) {
+        let limit = self.settings.load().presence_limit;
+        let handler = self.handler();
+        self.with_stream(room, |s| {
+            if !s.users.insert(user.clone()) {
+                return;
+            }
+            s.presence_version += 1;
+            // Big rooms are silent (`rooms.presence_limit`).
+            if s.users.len() <= limit {
+                if let Some(h) = &handler {
+                    h.on_presence(room, self.change(s, PresenceEvent::Join, user));
+                }
+            }
+        });
+    }
+
+    fn change(&self, s: &Stream, event: PresenceEvent, user: &Arc<str>) -> PresenceChange {
+        PresenceChange {
+            event,
+            user: user.clone(),
+            version: s.presence_version,
+        }
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn attach(&self, handler: Weak<dyn BrokerHandler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    fn publish<'a>(&'a self, req: PublishRequest<'a>) -> BrokerFuture<'a, u64> {
+        ready(Ok(self.publish_now(req)))
+    }
+
+    fn subscribe<'a>(&'a self, room: &'a RoomName) -> BrokerFuture<'a, ()> {
+        self.subscribe_now(room);
+        ready(Ok(()))
+    }
+
+    fn unsubscribe(&self, room: &RoomName) {
+        let max_bytes = self.settings.load().history_max_bytes;
+        let stream = lock(self.shard(room)).get(room).cloned();
+        let Some(stream) = stream else {
+            return;
+        };
+        {
+            let mut s = lock(&stream);
+            s.subscribers = s.subscribers.saturating_sub(1);
+            if s.subscribers == 0 {
+                // Kept for the members' recovery after a blip, then forgotten.
+                s.last_active = Instant::now();
+                self.touch(&mut s, room);
+                self.account(&mut s);
+            }
+        }
+        self.enforce_budget(max_bytes);
+    }
+
+    fn recover<'a>(
+        &'a self,
+        room: &'a RoomName,
+        since: Option<&'a Since>,
+    ) -> BrokerFuture<'a, Recovery> {
+        ready(Ok(self.recover_now(room, since)))
+    }
+
+    fn presence_join<'a>(&'a self, room: &'a RoomName, user: &'a Arc<str>) -> BrokerFuture<'a, ()> {
+        self.presence_join_now(room, user);
+        ready(Ok(()))
+    }
+
+    fn presence_leave(&self, room: &RoomName, user: &Arc<str>) {
+        let limit = self.settings.load().presence_limit;
+        let handler = self.handler();
+        let stream = lock(self.shard(room)).get(room).cloned();
+        let Some(stream) = stream else {
+            return;
+        };
+        let mut s = lock(&stream);
+        if !s.users.remove(user) {
+            return;
+        }
+        s.presence_version += 1;
+        // Counted before the user left, as at join: the same rooms stay silent.
+        if s.users.len() < limit {
+            if let Some(h) = &handler {
+                h.on_presence(room, self.change(&s, PresenceEvent::Leave, user));
+            }
+        }
+    }
+
+    fn disconnect_user<'a>(&'a self, user: &'a str, code: u16) -> BrokerFuture<'a, usize> {
+        let closed = self.handler().map_or(0, |h| h.disconnect_local(user, code));
+        ready(Ok(closed))
+    }
+
+    fn rooms(&self) -> BrokerFuture<'_, Vec<RoomInfo>> {
+        let local = self.handler().map(|h| h.local_rooms()).unwrap_or_default();
+        let mut rooms: Vec<RoomInfo> = local
+            .into_iter()
+            .map(|(room, connections)| {
+                let members = lock(self.shard(&room))
+                    .get(&room)
+                    .map_or(0, |s| lock(s).users.len());
+                RoomInfo {
+                    room: room.to_string(),
+                    members,
+                    connections,
+                }
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        ready(Ok(rooms))
+    }
+
+    fn nodes(&self) -> BrokerFuture<'_, Vec<NodeInfo>> {
+        let (connections, rooms) = self
+            .handler()
+            .map_or((0, 0), |h| (h.local_sessions(), h.local_rooms().len()));
+        ready(Ok(vec![NodeInfo {
+            node: self.node.name.clone(),
+            connections,
+            rooms,
+            started_at: self.node.started_at,
+        }]))
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn set_settings(&self, settings: RoomSettings) {
+        self.settings.store(Arc::new(settings));
+    }
+
     fn sweep(&self, now: Instant) {
         let settings = **self.settings.load();
         // Rooms idle past the ttl sit at the front of the index. Its order is exact to a tick,
@@ -505,14 +571,14 @@ impl Broker for MemoryBroker {
         while let Some((key, room)) = self.oldest() {
             // A room that has members again and no history only leaves the index.
             let expired = |s: &Stream| {
-                now.saturating_duration_since(s.last_active) > settings.ttl
+                now.saturating_duration_since(s.last_active) > settings.history_ttl
                     || (s.subscribers > 0 && s.history.is_empty())
             };
             if !self.drop_history(key, &room, expired) {
                 break;
             }
         }
-        self.enforce_budget(settings.max_bytes);
+        self.enforce_budget(settings.history_max_bytes);
     }
 
     fn room_count(&self) -> usize {
@@ -523,30 +589,36 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    fn settings(
+        history_size: usize,
+        history_ttl: Duration,
+        history_max_bytes: u64,
+    ) -> RoomSettings {
+        RoomSettings {
+            history_size,
+            history_ttl,
+            history_max_bytes,
+            presence_limit: 1000,
+        }
+    }
 
     fn broker(size: usize) -> MemoryBroker {
-        MemoryBroker::new(HistorySettings {
-            size,
-            ttl: Duration::from_secs(60),
-            max_bytes: u64::MAX,
-        })
+        MemoryBroker::with_settings(settings(size, Duration::from_secs(60), u64::MAX))
     }
 
     /// A broker whose index has a tick of 1 ns: every publish moves its room, so the eviction
     /// order is exactly the order of last publishes.
     fn budget_broker(max_bytes: u64) -> MemoryBroker {
-        let mut b = MemoryBroker::new(HistorySettings {
-            size: 10,
-            ttl: Duration::from_secs(60),
-            max_bytes,
-        });
+        let mut b = MemoryBroker::with_settings(settings(10, Duration::from_secs(60), max_bytes));
         b.tick = Duration::from_nanos(1);
         b
     }
 
     fn since(b: &MemoryBroker, room: &RoomName, offset: u64) -> Since {
         Since {
-            epoch: b.recover(room, None).epoch.to_string(),
+            epoch: b.recover_now(room, None).epoch.to_string(),
             offset,
         }
     }
@@ -577,44 +649,40 @@ mod tests {
         publish(&b, busy, 2);
         let old_since = since(&b, old, 0);
         let mid_since = since(&b, mid, 0);
-        b.subscribe(mid); // mid has a member: it keeps its epoch and offsets
-                          // Room for about one room less than there is.
+        b.subscribe_now(mid); // mid has a member: it keeps its epoch and offsets
+                              // Room for about one room less than there is.
         let total = b.history_bytes() as u64;
-        b.set_history(HistorySettings {
-            size: 10,
-            ttl: Duration::from_secs(60),
-            max_bytes: total - 1,
-        });
+        b.set_settings(settings(10, Duration::from_secs(60), total - 1));
         b.sweep(Instant::now());
         assert!((b.history_bytes() as u64) < total);
         assert_eq!(b.room_count(), 2, "only the oldest went: mid and busy stay");
-        let r = b.recover(old, Some(&old_since));
+        let r = b.recover_now(old, Some(&old_since));
         assert!(!r.recovered, "old lost its history");
         assert_ne!(
             *r.epoch, *old_since.epoch,
             "nobody was in old: it starts afresh"
         );
         assert_eq!(r.offset, 0);
-        assert!(b.recover(mid, Some(&mid_since)).recovered);
+        assert!(b.recover_now(mid, Some(&mid_since)).recovered);
         assert_eq!(
-            b.recover(busy, Some(&since(&b, busy, 0)))
+            b.recover_now(busy, Some(&since(&b, busy, 0)))
                 .publications
                 .len(),
             2
         );
 
         // Tighter: mid (idle longer than busy) goes next, but keeps its epoch: it has a member.
-        b.set_history(HistorySettings {
-            size: 10,
-            ttl: Duration::from_secs(60),
-            max_bytes: b.history_bytes() as u64 - 1,
-        });
+        b.set_settings(settings(
+            10,
+            Duration::from_secs(60),
+            b.history_bytes() as u64 - 1,
+        ));
         b.sweep(Instant::now());
-        let r = b.recover(mid, Some(&mid_since));
+        let r = b.recover_now(mid, Some(&mid_since));
         assert!(!r.recovered && r.publications.is_empty());
         assert_eq!((&*r.epoch, r.offset), (&*mid_since.epoch, 1));
         assert_eq!(
-            b.recover(busy, Some(&since(&b, busy, 0)))
+            b.recover_now(busy, Some(&since(&b, busy, 0)))
                 .publications
                 .len(),
             2
@@ -644,9 +712,9 @@ mod tests {
             positions.push(since(&b, room, 0));
         }
         // The newest rooms still recover; the oldest were forgotten (a new epoch).
-        assert!(b.recover(&names[49], Some(&positions[49])).recovered);
-        assert!(b.recover(&names[48], Some(&positions[48])).recovered);
-        let r = b.recover(&names[0], Some(&positions[0]));
+        assert!(b.recover_now(&names[49], Some(&positions[49])).recovered);
+        assert!(b.recover_now(&names[48], Some(&positions[48])).recovered);
+        let r = b.recover_now(&names[0], Some(&positions[0]));
         assert!(!r.recovered && *r.epoch != *positions[0].epoch);
         assert!(
             b.room_count() <= 4 + 1,
@@ -668,49 +736,48 @@ mod tests {
         // At `between + ttl + 1ns`, a is expired and c is not.
         b.sweep(between + ttl + Duration::from_nanos(1));
         assert_eq!(b.room_count(), 1);
-        assert!(b.recover(c, Some(&since(&b, c, 0))).recovered);
-        assert!(!b.recover(a, Some(&a_since)).recovered);
+        assert!(b.recover_now(c, Some(&since(&b, c, 0))).recovered);
+        assert!(!b.recover_now(a, Some(&a_since)).recovered);
     }
 
     #[test]
     fn a_room_everyone_left_keeps_its_epoch_until_the_ttl() {
         let b = budget_broker(u64::MAX);
         let room = RoomName::parse("r").unwrap();
-        b.subscribe(&room);
+        b.subscribe_now(&room);
         let at = since(&b, &room, 0);
         b.unsubscribe(&room);
         let left = Instant::now();
         b.sweep(left);
         assert!(
-            b.recover(&room, Some(&at)).recovered,
+            b.recover_now(&room, Some(&at)).recovered,
             "a blip loses nothing"
         );
         b.sweep(left + Duration::from_secs(61));
         assert_eq!(b.room_count(), 0);
         // Members again: the room is paid for by nobody's budget.
-        b.subscribe(&room);
+        b.subscribe_now(&room);
         b.sweep(Instant::now());
         assert_eq!((b.room_count(), b.history_bytes()), (1, 0));
     }
 
     fn publish(b: &MemoryBroker, room: &RoomName, n: u64) -> u64 {
-        b.publish(PublishRequest {
+        b.publish_now(PublishRequest {
             room,
             from: "alice",
             data: &Value::from(n),
             origin: None,
         })
-        .expect("memory broker never fails")
     }
 
     #[test]
     fn offsets_grow_by_one_from_one() {
         let b = broker(10);
         let room = RoomName::parse("r").unwrap();
-        assert_eq!(b.recover(&room, None).offset, 0);
+        assert_eq!(b.recover_now(&room, None).offset, 0);
         assert_eq!(publish(&b, &room, 1), 1);
         assert_eq!(publish(&b, &room, 2), 2);
-        assert_eq!(b.recover(&room, None).offset, 2);
+        assert_eq!(b.recover_now(&room, None).offset, 2);
     }
 
     #[test]
@@ -720,8 +787,8 @@ mod tests {
         for i in 1..=5 {
             publish(&b, &room, i);
         }
-        let epoch = b.recover(&room, None).epoch.to_string();
-        let r = b.recover(
+        let epoch = b.recover_now(&room, None).epoch.to_string();
+        let r = b.recover_now(
             &room,
             Some(&Since {
                 epoch: epoch.clone(),
@@ -733,7 +800,7 @@ mod tests {
             r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
             [4, 5]
         );
-        let r = b.recover(
+        let r = b.recover_now(
             &room,
             Some(&Since {
                 epoch: epoch.clone(),
@@ -742,7 +809,7 @@ mod tests {
         );
         assert!(!r.recovered, "offset 2 fell out of a 3-message history");
         assert_eq!(r.publications.len(), 3);
-        let r = b.recover(
+        let r = b.recover_now(
             &room,
             Some(&Since {
                 epoch: "other".into(),
@@ -750,19 +817,15 @@ mod tests {
             }),
         );
         assert!(!r.recovered);
-        let r = b.recover(&room, Some(&Since { epoch, offset: 5 }));
+        let r = b.recover_now(&room, Some(&Since { epoch, offset: 5 }));
         assert!(r.recovered && r.publications.is_empty());
     }
 
     #[test]
     fn empty_rooms_are_forgotten_after_their_history_expires() {
-        let b = MemoryBroker::new(HistorySettings {
-            size: 10,
-            ttl: Duration::from_millis(0),
-            max_bytes: u64::MAX,
-        });
+        let b = MemoryBroker::with_settings(settings(10, Duration::from_millis(0), u64::MAX));
         let room = RoomName::parse("r").unwrap();
-        b.subscribe(&room);
+        b.subscribe_now(&room);
         publish(&b, &room, 1);
         b.unsubscribe(&room);
         assert_eq!(b.room_count(), 1);

@@ -1,4 +1,4 @@
-//! `wsgate bench`: a load generator for sizing a deployment, in the spirit of
+//! `wsgate-bench`: a load generator for sizing a deployment, in the spirit of
 //! `redis-benchmark` or `nats bench`.
 //!
 //! It mints a token per connection with the gateway's HS256 secret, opens `--conns`
@@ -33,8 +33,13 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// Arguments of `wsgate bench`.
-#[derive(Debug, Clone, clap::Args)]
+/// Arguments of `wsgate-bench`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "wsgate-bench",
+    version,
+    about = "Load-test a running wsgate (see BENCHMARKS.md)"
+)]
 pub struct BenchArgs {
     /// Gateway WebSocket URL
     #[arg(long, default_value = "wss://localhost:8443/ws")]
@@ -236,10 +241,10 @@ impl Target {
             .connect(name, tcp)
             .await
             .map_err(|e| format!("tls: {e}"))?;
-        let now = crate::auth::unix_now();
-        let token = crate::auth::mint_hs256(
+        let now = wsgate::auth::unix_now();
+        let token = wsgate::auth::mint_hs256(
             &self.secret,
-            &crate::auth::MintClaims {
+            &wsgate::auth::MintClaims {
                 sub,
                 exp: now + 3600,
                 iat: now,
@@ -517,21 +522,26 @@ fn resolve(url: &str) -> anyhow::Result<(SocketAddr, String)> {
     Ok((addr, host))
 }
 
-pub fn main(args: BenchArgs) -> i32 {
+fn main() {
+    use clap::Parser;
+    std::process::exit(bench(BenchArgs::parse()));
+}
+
+fn bench(args: BenchArgs) -> i32 {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("wsgate bench: {e}");
+            eprintln!("wsgate-bench: {e}");
             return 1;
         }
     };
     match rt.block_on(run(args)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("wsgate bench: {e:#}");
+            eprintln!("wsgate-bench: {e:#}");
             1
         }
     }
@@ -541,11 +551,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let secret = match &args.secret {
         Some(s) => s.clone().into_bytes(),
         None => {
-            let cfg = crate::config::Config::load(crate::config::Source {
+            let cfg = wsgate::config::Config::load(wsgate::config::Source {
                 path: std::path::Path::new("config/wsgate.toml"),
                 env: None,
             })?;
-            crate::auth::hs_secret(&cfg.auth)?
+            cfg.auth.hs_secret()?
         }
     };
     let (addr, host) = resolve(&args.url)?;
@@ -783,7 +793,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
     });
     eprintln!(
-        "wsgate bench: {subs} subscribers, {:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, missing {}, duplicates {}, out-of-order {}",
+        "wsgate-bench: {subs} subscribers, {:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, missing {}, duplicates {}, out-of-order {}",
         measured as f64 / measured_secs,
         ms(0.5),
         ms(0.99),

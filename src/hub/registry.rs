@@ -1,0 +1,231 @@
+//! Every session on this node by user: the count `limits.max_connections_per_user` caps and
+//! the handles the admin API's disconnect closes, in one map. A session's place is taken at
+//! its handshake ([`Hub::admit`], which checks the cap and reserves in the same step) and
+//! holds its handle once it runs; removing a session is O(1).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{lock, Hub, SessionHandle};
+use crate::broker::SessionId;
+
+/// Every session on this node by user, from its handshake on: the count
+/// `limits.max_connections_per_user` caps, and the handles the admin API's disconnect closes.
+/// A place is `None` from the handshake that took it until its session registers.
+pub(super) type SessionsByUser = HashMap<Arc<str>, HashMap<SessionId, Option<SessionHandle>>>;
+
+/// The user already has `limits.max_connections_per_user` sessions (or handshakes about to
+/// become sessions) on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserAtCap;
+
+/// A session's place among its user's sessions, taken at the handshake. Dropping it frees
+/// the place (and forgets the session, had it registered and not yet unregistered): a
+/// handshake that never becomes a session gives its place back.
+pub struct SessionPlace {
+    hub: Arc<Hub>,
+    user: Arc<str>,
+    id: SessionId,
+}
+
+impl SessionPlace {
+    /// The id of the session this place is for.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+}
+
+impl Drop for SessionPlace {
+    fn drop(&mut self) {
+        self.hub.remove_session(&self.user, self.id);
+    }
+}
+
+impl Hub {
+    /// Takes a place for a new session of `user`, unless the user already has `max` places
+    /// on this node. Checked and taken under one lock: concurrent handshakes of one user never
+    /// share the last place.
+    pub fn admit(self: &Arc<Self>, user: &Arc<str>, max: usize) -> Result<SessionPlace, UserAtCap> {
+        let mut by_user = lock(&self.sessions_by_user);
+        let places = by_user.entry(user.clone()).or_default();
+        if places.len() >= max {
+            if places.is_empty() {
+                by_user.remove(user);
+            }
+            return Err(UserAtCap);
+        }
+        let id = self.next_session_id();
+        places.insert(id, None);
+        Ok(SessionPlace {
+            hub: self.clone(),
+            user: user.clone(),
+            id,
+        })
+    }
+
+    /// Makes a session known (for the admin API and the connection gauge) in the place its
+    /// handshake took; `handle.id` is the place's id.
+    pub fn register(&self, place: &SessionPlace, handle: &SessionHandle) {
+        debug_assert_eq!(place.id, handle.id);
+        let mut by_user = lock(&self.sessions_by_user);
+        let entry = by_user
+            .entry(place.user.clone())
+            .or_default()
+            .entry(place.id)
+            .or_default();
+        if entry.replace(handle.clone()).is_none() {
+            self.metrics.connections.inc();
+        }
+    }
+
+    /// Forgets a session as soon as it stops serving; its place is free for the user's next
+    /// handshake.
+    pub fn unregister(&self, handle: &SessionHandle) {
+        self.remove_session(&handle.user, handle.id);
+    }
+
+    /// Frees the place `id` of `user`, if it is still taken.
+    fn remove_session(&self, user: &Arc<str>, id: SessionId) {
+        let mut by_user = lock(&self.sessions_by_user);
+        let Some(places) = by_user.get_mut(user) else {
+            return;
+        };
+        if let Some(Some(_)) = places.remove(&id) {
+            self.metrics.connections.dec();
+        }
+        if places.is_empty() {
+            by_user.remove(user);
+        }
+    }
+
+    /// Closes every session of `user` on this node with `code`; returns how many.
+    pub fn disconnect_local_sessions(&self, user: &str, code: u16) -> usize {
+        let by_user = lock(&self.sessions_by_user);
+        by_user.get(user).map_or(0, |places| {
+            places
+                .values()
+                .flatten()
+                .filter(|h| h.ctl.close(code))
+                .count()
+        })
+    }
+
+    /// Sessions registered on this node.
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions_by_user)
+            .values()
+            .flat_map(HashMap::values)
+            .flatten()
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{lock, SessionCtl};
+    use crate::metrics::Metrics;
+    use crate::protocol::close;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    fn hub() -> Arc<Hub> {
+        Hub::new(
+            Arc::new(crate::broker::MemoryBroker::for_tests()),
+            Arc::new(Metrics::new()),
+            16,
+            1,
+        )
+    }
+
+    /// A session registered in `place`.
+    fn session(hub: &Hub, place: &SessionPlace, user: &Arc<str>) -> SessionHandle {
+        let (tx, _rx) = mpsc::channel(4);
+        let handle = SessionHandle {
+            id: place.id(),
+            user: user.clone(),
+            tx,
+            ctl: Arc::new(SessionCtl::new(CancellationToken::new())),
+        };
+        hub.register(place, &handle);
+        handle
+    }
+
+    #[test]
+    fn places_per_user_are_capped_and_freed_by_unregister_or_drop() {
+        let hub = hub();
+        let alice: Arc<str> = Arc::from("alice");
+        let bob: Arc<str> = Arc::from("bob");
+        let first = hub.admit(&alice, 2).expect("first");
+        let second = hub.admit(&alice, 2).expect("second (not yet a session)");
+        assert_eq!(hub.admit(&alice, 2).err(), Some(UserAtCap));
+        let _bob = hub.admit(&bob, 2).expect("another user");
+        let a1 = session(&hub, &first, &alice);
+        assert_eq!(hub.session_count(), 1);
+        assert_eq!(hub.metrics.connections.get(), 1);
+
+        // A handshake that never became a session gives its place back.
+        drop(second);
+        let third = hub.admit(&alice, 2).expect("the freed place");
+        // A session frees its place when it unregisters, before its place is dropped.
+        hub.unregister(&a1);
+        assert_eq!(hub.session_count(), 0);
+        assert_eq!(hub.metrics.connections.get(), 0);
+        let fourth = hub
+            .admit(&alice, 2)
+            .expect("the unregistered session's place");
+        drop(first); // after unregister: nothing left to free
+        assert_eq!(hub.admit(&alice, 2).err(), Some(UserAtCap));
+        drop((third, fourth));
+        assert!(
+            !lock(&hub.sessions_by_user).contains_key(&alice),
+            "a user without places is forgotten"
+        );
+    }
+
+    #[test]
+    fn concurrent_handshakes_of_one_user_never_share_the_last_place() {
+        let hub = hub();
+        let alice: Arc<str> = Arc::from("alice");
+        let _held: Vec<SessionPlace> = (0..4).map(|_| hub.admit(&alice, 5).unwrap()).collect();
+        let barrier = std::sync::Barrier::new(8);
+        let won: Vec<SessionPlace> = std::thread::scope(|s| {
+            let tries: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        hub.admit(&alice, 5).ok()
+                    })
+                })
+                .collect();
+            tries
+                .into_iter()
+                .filter_map(|t| t.join().expect("thread"))
+                .collect()
+        });
+        assert_eq!(won.len(), 1);
+    }
+
+    #[test]
+    fn disconnect_closes_every_registered_session_of_the_user_once() {
+        let hub = hub();
+        let alice: Arc<str> = Arc::from("alice");
+        let bob: Arc<str> = Arc::from("bob");
+        let places: Vec<SessionPlace> = (0..3).map(|_| hub.admit(&alice, 9).unwrap()).collect();
+        let handles: Vec<SessionHandle> = places[..2]
+            .iter()
+            .map(|p| session(&hub, p, &alice))
+            .collect();
+        let bob_place = hub.admit(&bob, 9).unwrap();
+        let bob_handle = session(&hub, &bob_place, &bob);
+        assert_eq!(hub.disconnect_local_sessions("alice", close::KICKED), 2);
+        assert!(handles.iter().all(|h| h.ctl.code() == close::KICKED));
+        assert!(!bob_handle.ctl.token().is_cancelled());
+        assert_eq!(
+            hub.disconnect_local_sessions("alice", close::KICKED),
+            0,
+            "already closing"
+        );
+        assert_eq!(hub.disconnect_local_sessions("nobody", close::KICKED), 0);
+    }
+}
