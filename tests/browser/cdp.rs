@@ -110,6 +110,8 @@ impl Browser {
         let page = Page::new(ws);
         page.call("Runtime.enable", json!({})).await;
         page.call("Log.enable", json!({})).await;
+        // For `Network.webSocketCreated`: the sockets the page opens.
+        page.call("Network.enable", json!({})).await;
         // Each tab behaves as if it had the focus, so typing works in a background tab.
         page.call(
             "Emulation.setFocusEmulationEnabled",
@@ -175,6 +177,8 @@ pub struct Page {
     replies: Replies,
     /// Console output and uncaught exceptions, shown when a wait fails.
     console: Arc<Mutex<Vec<String>>>,
+    /// URLs of the WebSockets the page created, in order.
+    sockets: Arc<Mutex<Vec<String>>>,
     next_id: AtomicU64,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -190,7 +194,8 @@ impl Page {
         let (sink, mut stream) = ws.split();
         let replies: Replies = Arc::default();
         let console: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (r, c) = (replies.clone(), console.clone());
+        let sockets: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (r, c, ws) = (replies.clone(), console.clone(), sockets.clone());
         let reader = tokio::spawn(async move {
             while let Some(Ok(msg)) = stream.next().await {
                 let Ok(v) = serde_json::from_str::<Value>(msg.to_text().unwrap_or("")) else {
@@ -211,6 +216,9 @@ impl Page {
                     c.lock()
                         .unwrap()
                         .push(format!("log: {} {}", e["text"], e["url"]));
+                } else if v["method"] == "Network.webSocketCreated" {
+                    let url = v["params"]["url"].as_str().unwrap_or_default();
+                    ws.lock().unwrap().push(url.to_string());
                 } else if v["method"] == "Runtime.exceptionThrown" {
                     let d = &v["params"]["exceptionDetails"];
                     c.lock().unwrap().push(format!("exception: {d}"));
@@ -221,6 +229,7 @@ impl Page {
             sink: tokio::sync::Mutex::new(sink),
             replies,
             console,
+            sockets,
             next_id: AtomicU64::new(1),
             reader,
         }
@@ -244,6 +253,13 @@ impl Page {
             .expect("devtools connection open");
         assert!(reply["error"].is_null(), "{method} failed: {reply}");
         reply["result"].clone()
+    }
+
+    /// How many WebSockets the page has created. DevTools sends a page's events in order
+    /// with its replies: a socket created before an evaluation's result was ready is counted
+    /// once that result is back.
+    pub fn websockets_created(&self) -> usize {
+        self.sockets.lock().unwrap().len()
     }
 
     /// Evaluates `expr` (awaiting a promise) and returns its JSON value, or the exception.
