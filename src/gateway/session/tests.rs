@@ -698,18 +698,41 @@ async fn a_client_that_does_not_read_is_closed_with_1013_when_its_queue_is_full(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Timers under a ping flood, in real time on two threads
+// Timers under a ping flood
 // ---------------------------------------------------------------------------------------------
 
-/// A client socket that is always readable: an endless run of masked, empty pings. Like
-/// a real socket it takes part in tokio's cooperative budget (a task that has read a lot
+/// Pings [`PingFlood`] serves before it gives up and ends the stream: over a hundred times
+/// what a session reads before a due timer wins (tokio drives its timers at least every 61
+/// task polls, each of at most 128 reads, one ping each).
+const FLOOD_PINGS: usize = 1_000_000;
+
+/// A client socket that is always readable: an endless run of masked, empty pings, until the
+/// session writes a close frame (or [`FLOOD_PINGS`] were read: the session would never close).
+/// Like a real socket it takes part in tokio's cooperative budget (a task that has read a lot
 /// gets `Pending` and must yield). What the session writes is kept.
 struct PingFlood {
     sent: usize,
     written: Arc<std::sync::Mutex<Vec<u8>>>,
+    /// How much of `written` is whole frames, read already.
+    parsed: usize,
+    /// Set once the session wrote a close frame.
+    closed: bool,
+    /// Told of every write.
+    wrote: Arc<tokio::sync::Notify>,
 }
 
 const PING: [u8; 6] = [0x89, 0x80, 1, 2, 3, 4];
+
+/// The code of the first close frame in what the session wrote.
+fn close_in(mut written: &[u8]) -> Option<u16> {
+    while let Some((frame, used)) = parse_frame(written) {
+        written = &written[used..];
+        if let Frame::Close(code) = frame {
+            return Some(code);
+        }
+    }
+    None
+}
 
 impl AsyncRead for PingFlood {
     fn poll_read(
@@ -719,7 +742,11 @@ impl AsyncRead for PingFlood {
     ) -> Poll<std::io::Result<()>> {
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         coop.made_progress();
-        while buf.remaining() > 0 {
+        if self.closed || self.sent >= FLOOD_PINGS * PING.len() {
+            return Poll::Ready(Ok(())); // the end of the stream
+        }
+        // A ping per read: each read takes from the task's budget, as on a real socket.
+        for _ in 0..buf.remaining().min(PING.len()) {
             let at = self.sent % PING.len();
             buf.put_slice(&PING[at..at + 1]);
             self.sent += 1;
@@ -730,11 +757,18 @@ impl AsyncRead for PingFlood {
 
 impl AsyncWrite for PingFlood {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.written.lock().unwrap().extend_from_slice(data);
+        let written = self.written.clone();
+        let mut written = written.lock().unwrap();
+        written.extend_from_slice(data);
+        while let Some((frame, used)) = parse_frame(&written[self.parsed..]) {
+            self.parsed += used;
+            self.closed |= matches!(frame, Frame::Close(_));
+        }
+        self.wrote.notify_one();
         Poll::Ready(Ok(data.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -745,35 +779,33 @@ impl AsyncWrite for PingFlood {
     }
 }
 
-/// Runs a session over a socket that never stops being readable, with a token that
-/// expires within a second, on a multi-threaded runtime in real time (paused time would
-/// never advance: the session always has work): the expiry timer must still close it (4001).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Runs a session over a socket that never stops being readable; once its token's expiry is
+/// due, the session must close it (4001) rather than go on reading. Paused time never
+/// advances by itself here (the session always has work): the test moves it.
+#[tokio::test(start_paused = true)]
 async fn a_socket_that_is_always_readable_does_not_starve_the_expiry() {
     let gw = Gateway::new(|_| {});
     let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let wrote = Arc::new(tokio::sync::Notify::new());
     let socket = PingFlood {
         sent: 0,
         written: written.clone(),
+        parsed: 0,
+        closed: false,
+        wrote: wrote.clone(),
     };
     let ws = WebSocketStream::from_raw_socket(socket, Role::Server, None).await;
-    let accepted = gw.accepted("flooder", unix_now() + 1);
-    let session = tokio::spawn(run(ws, accepted, gw.shared.clone()));
-    tokio::time::timeout(Duration::from_secs(10), session)
-        .await
-        .expect("the session ended in time")
-        .unwrap();
+    let session = tokio::spawn(run(
+        ws,
+        gw.accepted("flooder", unix_now() + 10),
+        gw.shared.clone(),
+    ));
+    // The welcome is written once the session's timers are set.
+    wrote.notified().await;
+    tokio::time::advance(secs(10)).await;
+    session.await.unwrap();
     let written = written.lock().unwrap();
-    let mut rest = &written[..];
-    let mut close = None;
-    while let Some((frame, used)) = parse_frame(rest) {
-        rest = &rest[used..];
-        if let Frame::Close(code) = frame {
-            close = Some(code);
-            break;
-        }
-    }
-    assert_eq!(close, Some(close::EXPIRED));
+    assert_eq!(close_in(&written), Some(close::EXPIRED));
 }
 
 #[test]
