@@ -336,8 +336,9 @@ async fn a_ping_flood_that_never_answers_pings_is_closed_with_4000() {
             .set("server", "idle_timeout", json!("1s"));
     })
     .await;
-    let client = RawClient::connect(&gw, &gw.token("flooder")).await;
+    // Before the handshake: the session counts its idle time from its start.
     let started = Instant::now();
+    let client = RawClient::connect(&gw, &gw.token("flooder")).await;
     assert_eq!(flood_raw_pings(client).await, Some(4000));
     assert!(
         started.elapsed() >= idle,
