@@ -1109,7 +1109,11 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_others_get_everythi
         }
         assert!(n < 20_000, "the slow client was never closed");
     }
-    // What `slow` got is an unbroken prefix of the stream, then 1013.
+    // What `slow` got is an unbroken prefix of the stream, then the close. Its close frame
+    // waits behind what its socket already holds, and the gateway tries to write it for 2 s:
+    // a client that starts reading later (on a busy machine, this test) finds the connection
+    // dropped instead. The close frame itself is tested in-process; here the gateway's count
+    // of 1013 closes says which close it was.
     let mut expect = 1u64;
     loop {
         match next_event(&mut slow).await {
@@ -1119,11 +1123,12 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_others_get_everythi
                 expect += 1;
             }
             Event::Closed(c) => {
-                assert_eq!(c, Closed::Code(1013));
+                assert!(matches!(c, Closed::Code(1013) | Closed::Dropped), "{c:?}");
                 break;
             }
         }
     }
+    assert_eq!(metric(&gw, "wsgate_closes_total{code=\"1013\"}").await, 1.0);
     assert!(expect <= n, "slow got everything ({expect}) yet was closed");
     // The others carry on, and the reader saw the slow client leave.
     let ack = publish(&mut publisher, "r", json!("after"), n + 1).await;
