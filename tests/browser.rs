@@ -423,7 +423,10 @@ impl Certs {
 /// pages from `https://localhost:{page_port}` (with `None`, only the base settings' origins).
 async fn start_gateway(certs: &Certs, page_port: Option<u16>) -> Gateway {
     Gateway::start_with(|s| {
-        s.set("server", "static_dir", json!(crate_path("web")))
+        // The base settings' 2 s (for the handshake timeout's own tests) would let a busy
+        // machine cut the browser's page loads, which are not retried.
+        s.set("server", "handshake_timeout", json!("30s"))
+            .set("server", "static_dir", json!(crate_path("web")))
             .set("tls", "cert", json!(certs.0.path().join("server.crt")))
             .set("tls", "key", json!(certs.0.path().join("server.key")));
         if let Some(port) = page_port {

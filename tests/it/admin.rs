@@ -28,8 +28,11 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn readyz_turns_503_while_draining() {
     let mut gw = Gateway::start_with(|s| {
-        s.set("server", "shutdown_grace", json!("60s"))
-            .set("server", "handshake_timeout", json!("60s"));
+        s.set("server", "shutdown_grace", json!("60s")).set(
+            "server",
+            "handshake_timeout",
+            json!("60s"),
+        );
     })
     .await;
     let mut client = gw.connect("alice").await;
