@@ -230,6 +230,8 @@ async fn gateway_restart_is_reported_as_a_gap() {
 async fn kicked_page_stays_disconnected() {
     let (_certs, front, gw, browser) = gateway_and_browser().await;
     let page = open_chat(&browser, &gw, front.port, "mallory").await;
+    // The page is in before the test has read the gateway's line about it.
+    gw.wait_log("\"user\":\"mallory\"").await;
     assert_eq!(handshakes_of(&gw, "mallory", 0), 1);
     assert_eq!(page.websockets_created(), 1);
 

@@ -1240,7 +1240,8 @@ async fn a_client_that_stops_answering_pings_is_closed_with_4000() {
 #[tokio::test]
 async fn tokens_expire_with_4001_unless_refreshed() {
     let gw = Gateway::start().await;
-    let exp = unix_now() + 2;
+    // Room for the connects and requests below on a busy machine, all before the expiry.
+    let exp = unix_now() + 5;
     let short = |sub: &str| gw.token_claims(json!({"sub":sub,"exp":exp}));
     let mut keeper = gw.connect_token(&short("alice")).await;
     let mut expiring = gw.connect_token(&short("bob")).await;
@@ -1327,7 +1328,8 @@ async fn sigterm_closes_every_client_with_1001_and_exits_0() {
     }
     assert_eq!(lurker.closed().await, Closed::Code(1001));
     assert_eq!(gw.wait_exit(WAIT).await, Some(0));
-    assert!(gw.logs().contains("stopped"));
+    // Its last line may still be on its way to the test's log reader.
+    gw.wait_log("stopped").await;
 }
 
 #[tokio::test]
