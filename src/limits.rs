@@ -1,5 +1,6 @@
 //! Admission limits: per-IP handshake rate (governor, keyed), connection permits (global and
 //! per IP, for sessions and for handshakes in flight), and the per-connection message bucket.
+//! Every rate limit reads time through [`TokioClock`].
 //!
 //! Memory stays bounded under many distinct addresses: the keyed limiter is pruned on a timer
 //! (`retain_recent` + `shrink_to_fit`), IPv6 clients are keyed by their /64 (one host usually
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use governor::clock::{Clock, MonotonicClock, Reference};
+use governor::clock::{Clock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::DashMapStateStore;
@@ -31,6 +32,22 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
                 IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
         },
+    }
+}
+
+/// governor's clock on tokio's time. In the gateway it is the monotonic clock governor's own
+/// `MonotonicClock` reads (tokio's `Instant::now()` is `std::time::Instant::now()` unless a
+/// test paused tokio's time); under `tokio::time::pause` the rate limits follow the paused
+/// clock like every other timer of a session, so the rules built on them (the flood rule)
+/// can be tested to the millisecond.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    type Instant = std::time::Instant;
+
+    fn now(&self) -> std::time::Instant {
+        tokio::time::Instant::now().into_std()
     }
 }
 
@@ -95,14 +112,14 @@ fn per_minute_quota(per_minute: u32) -> Quota {
 
 /// Per-IP handshake rate limiting (every attempt counts, refused ones included); a reload
 /// changes the quota without refilling anyone's bucket (see [`Requotable`]).
-pub struct HandshakeLimiter<C: Clock = MonotonicClock> {
+pub struct HandshakeLimiter<C: Clock = TokioClock> {
     limiters: RwLock<Requotable<KeyedLimiter<C>, C::Instant>>,
     clock: C,
 }
 
 impl HandshakeLimiter {
     pub fn new(per_minute: u32) -> Self {
-        Self::with_clock(per_minute, MonotonicClock)
+        Self::with_clock(per_minute, TokioClock)
     }
 }
 
@@ -233,7 +250,7 @@ impl Drop for ConnPermit {
     }
 }
 
-type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, MonotonicClock>;
+type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock>;
 
 /// One connection's token bucket (publishes, or join/leave/refresh commands); a reload
 /// changes its rate without refilling it (see [`Requotable`]).
@@ -246,7 +263,7 @@ fn per_second_quota(per_second: u32, burst: u32) -> Quota {
 }
 
 fn direct(quota: Quota) -> DirectLimiter {
-    RateLimiter::direct_with_clock(quota, MonotonicClock)
+    RateLimiter::direct_with_clock(quota, TokioClock)
 }
 
 impl MessageLimiter {
@@ -262,7 +279,7 @@ impl MessageLimiter {
             // The usual case: one bucket, no clock read.
             return self.buckets.current.check().is_ok();
         }
-        let now = std::time::Instant::now();
+        let now = TokioClock.now();
         self.buckets.drop_refilled(now);
         // Every bucket in force is charged, as for handshakes.
         let refusals = self.buckets.in_force(now).filter(|b| b.check().is_err());
@@ -273,8 +290,7 @@ impl MessageLimiter {
     pub fn set_rate(&mut self, per_second: u32, burst: u32) {
         let quota = per_second_quota(per_second, burst);
         if self.buckets.quota != quota {
-            self.buckets
-                .requota(quota, std::time::Instant::now(), direct);
+            self.buckets.requota(quota, TokioClock.now(), direct);
         }
     }
 }
@@ -370,15 +386,40 @@ mod tests {
         assert!(c.acquire(b, usize::MAX, 1).is_ok());
     }
 
-    #[test]
-    fn message_bucket_allows_burst_then_refuses() {
+    /// On paused time: no refill can happen between the checks, however busy the machine.
+    #[tokio::test(start_paused = true)]
+    async fn message_bucket_allows_burst_then_refuses() {
         let mut l = MessageLimiter::new(1, 3);
         assert!(l.allow() && l.allow() && l.allow());
         assert!(!l.allow());
     }
 
-    #[test]
-    fn a_new_rate_does_not_refill_a_used_bucket() {
+    /// The buckets refill on tokio's clock: to the millisecond under paused time.
+    #[tokio::test(start_paused = true)]
+    async fn buckets_refill_on_tokio_time() {
+        let mut l = MessageLimiter::new(2, 1);
+        assert!(l.allow());
+        assert!(!l.allow());
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(!l.allow(), "one token every 500 ms: not yet");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(l.allow());
+        assert!(!l.allow());
+
+        let h = HandshakeLimiter::new(60);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let burst = (0..).take_while(|_| h.check(a).is_ok()).count();
+        assert_eq!(burst, 60);
+        assert_eq!(h.check(a), Err(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(h.check(a), Err(Duration::from_millis(1)));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(h.check(a), Ok(()));
+    }
+
+    /// On paused time: no refill can happen between the checks, however busy the machine.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_rate_does_not_refill_a_used_bucket() {
         let mut l = MessageLimiter::new(1, 3);
         assert!(l.allow() && l.allow() && l.allow());
         l.set_rate(2, 50);

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -40,8 +39,8 @@ const EVENTS: &str = "(window.__wsgateEvents ?? [])";
 
 #[tokio::test]
 async fn two_pages_chat_through_the_gateway_both_ways() {
-    let (_certs, port, gw, browser) = gateway_and_browser().await;
-    let (alice, bob) = alice_and_bob(&browser, &gw, port).await;
+    let (_certs, front, gw, browser) = gateway_and_browser().await;
+    let (alice, bob) = alice_and_bob(&browser, &gw, front.port).await;
     for page in [&alice, &bob] {
         page.wait_for(
             "both members listed",
@@ -82,8 +81,8 @@ async fn two_pages_chat_through_the_gateway_both_ways() {
 
 #[tokio::test]
 async fn message_markup_is_shown_as_text_never_run() {
-    let (_certs, port, gw, browser) = gateway_and_browser().await;
-    let (alice, bob) = alice_and_bob(&browser, &gw, port).await;
+    let (_certs, front, gw, browser) = gateway_and_browser().await;
+    let (alice, bob) = alice_and_bob(&browser, &gw, front.port).await;
     alice
         .wait_for(
             "bob listed",
@@ -179,8 +178,8 @@ async fn page_reconnects_through_a_cut_proxy_and_catches_up_in_order() {
 
 #[tokio::test]
 async fn gateway_restart_is_reported_as_a_gap() {
-    let (certs, port, mut gw, browser) = gateway_and_browser().await;
-    let page = open_chat(&browser, &gw, port, "alice").await;
+    let (certs, front, mut gw, browser) = gateway_and_browser().await;
+    let page = open_chat(&browser, &gw, front.port, "alice").await;
     publish(&gw, "before the restart").await;
     page.wait_for("the first message", &format!("{TEXTS}.length === 1"))
         .await;
@@ -191,7 +190,9 @@ async fn gateway_restart_is_reported_as_a_gap() {
     gw.signal("TERM");
     assert_eq!(gw.wait_exit(WAIT).await, Some(0), "{}", gw.logs());
     drop(gw);
-    let gw = start_gateway(&certs, port, &[port]).await;
+    // The new process, on a port of its own, behind the page's origin.
+    let gw = start_gateway(&certs, Some(front.port)).await;
+    front.forward_to(gw.addr);
 
     let gap = first_event_payload(&page, "a gap event", "gap").await;
     assert_eq!(gap, json!({"room": "lobby"}));
@@ -227,9 +228,12 @@ async fn gateway_restart_is_reported_as_a_gap() {
 
 #[tokio::test]
 async fn kicked_page_stays_disconnected() {
-    let (_certs, port, gw, browser) = gateway_and_browser().await;
-    let page = open_chat(&browser, &gw, port, "mallory").await;
+    let (_certs, front, gw, browser) = gateway_and_browser().await;
+    let page = open_chat(&browser, &gw, front.port, "mallory").await;
+    // The page is in before the test has read the gateway's line about it.
+    gw.wait_log("\"user\":\"mallory\"").await;
     assert_eq!(handshakes_of(&gw, "mallory", 0), 1);
+    assert_eq!(page.websockets_created(), 1);
 
     let skip = gw.log_len();
     let (status, body) = gw
@@ -252,9 +256,16 @@ async fn kicked_page_stays_disconnected() {
         "notice: {notice}"
     );
 
-    // The one wait where absence is the point: with a 200 ms backoff base, a reconnect would
-    // have happened several times over by now.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Absence is the point here. A reconnect would be scheduled at the close, at most the
+    // backoff base (200 ms) away; a timer the page sets now for ten times that fires after
+    // it, and DevTools reports a socket the page created before the timer's result.
+    let wait = format!("new Promise(done => setTimeout(done, {}))", 10 * BACKOFF_MS);
+    page.eval(&wait).await;
+    assert_eq!(
+        page.websockets_created(),
+        1,
+        "the page opened another socket"
+    );
     assert_eq!(handshakes_of(&gw, "mallory", skip), 0, "{}", gw.logs());
     assert_eq!(
         page.eval("document.querySelector('#state').textContent")
@@ -331,8 +342,7 @@ async fn a_token_arriving_later_in_the_fragment_does_not_switch_the_account() {
 #[tokio::test]
 async fn static_files_carry_security_headers_and_content_types() {
     let certs = Certs::new();
-    let port = free_port();
-    let gw = start_gateway(&certs, port, &[port]).await;
+    let gw = start_gateway(&certs, None).await;
     for (path, content_type, body_part) in [
         ("/", "text/html", "<title>wsgate chat</title>"),
         ("/wsgate.js", "javascript", "export class WsGate"),
@@ -411,52 +421,49 @@ impl Certs {
     }
 }
 
-/// A loopback port nobody listens on right now (the page's origin must be known before the
-/// gateway starts, so the test picks the port rather than letting the gateway bind port 0).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().unwrap().port()
-}
-
-/// The gateway on `port`, serving `web/`, allowing pages from `https://localhost:P` for each
-/// of `origin_ports`.
-async fn start_gateway(certs: &Certs, port: u16, origin_ports: &[u16]) -> Gateway {
-    let origins: Vec<String> = origin_ports
-        .iter()
-        .map(|p| format!("https://localhost:{p}"))
-        .collect();
+/// The gateway on a port it picks (the test reads it from its log), serving `web/`, allowing
+/// pages from `https://localhost:{page_port}` (with `None`, only the base settings' origins).
+async fn start_gateway(certs: &Certs, page_port: Option<u16>) -> Gateway {
     Gateway::start_with(|s| {
-        s.set("server", "listen", json!(format!("127.0.0.1:{port}")))
+        // The base settings' 2 s (for the handshake timeout's own tests) would let a busy
+        // machine cut the browser's page loads, which are not retried.
+        s.set("server", "handshake_timeout", json!("30s"))
             .set("server", "static_dir", json!(crate_path("web")))
-            .set("origin", "allowed", json!(origins))
             .set("tls", "cert", json!(certs.0.path().join("server.crt")))
             .set("tls", "key", json!(certs.0.path().join("server.key")));
+        if let Some(port) = page_port {
+            s.set(
+                "origin",
+                "allowed",
+                json!([format!("https://localhost:{port}")]),
+            );
+        }
     })
     .await
 }
 
-/// Fresh certificates, a free port, the gateway on it (pages from that port allowed) and a
-/// alice's chat page loaded through a [`Proxy`] the test can cut (the page's origin is the
-/// proxy's), with the gateway, the proxy, the browser and the page.
+/// alice's chat page loaded through the [`Proxy`] in front of the gateway (which the test can
+/// cut), with the certificates, the gateway, the proxy, the browser and the page.
 async fn alice_behind_a_proxy() -> (Certs, Gateway, Proxy, Browser, Page) {
-    let certs = Certs::new();
-    let port = free_port();
-    let proxy_listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
-    let proxy_port = proxy_listener.local_addr().unwrap().port();
-    let gw = start_gateway(&certs, port, &[proxy_port]).await;
-    let proxy = Proxy::start(proxy_listener, gw.addr);
-    let browser = Browser::launch(&certs.spki_sha256()).await;
-    let page = open_chat(&browser, &gw, proxy_port, "alice").await;
+    let (certs, proxy, gw, browser) = gateway_and_browser().await;
+    let page = open_chat(&browser, &gw, proxy.port, "alice").await;
     (certs, gw, proxy, browser, page)
 }
 
-/// browser trusting the certificates.
-async fn gateway_and_browser() -> (Certs, u16, Gateway, Browser) {
+/// Fresh certificates, the gateway, the pages' origin in front of it (a [`Proxy`]; pages from
+/// it allowed) and a browser trusting the certificates.
+///
+/// The origin's port is the proxy's listener, bound (port 0) and held by the test for the
+/// whole test: no port is closed and bound again (another process could take it meanwhile),
+/// and a restarted gateway, on whatever port it gets, is reached at the same origin.
+async fn gateway_and_browser() -> (Certs, Proxy, Gateway, Browser) {
     let certs = Certs::new();
-    let port = free_port();
-    let gw = start_gateway(&certs, port, &[port]).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+    let port = listener.local_addr().unwrap().port();
+    let gw = start_gateway(&certs, Some(port)).await;
+    let proxy = Proxy::start(listener, gw.addr);
     let browser = Browser::launch(&certs.spki_sha256()).await;
-    (certs, port, gw, browser)
+    (certs, proxy, gw, browser)
 }
 
 /// The chat pages of alice and bob, both in lobby.
@@ -587,21 +594,28 @@ async fn https_get(
 
 /// A TCP proxy in front of the gateway whose connections the test can cut: while cut, open
 /// connections are dropped and new ones are accepted and closed at once, as when a network
-/// path fails; `restore` lets connections through again on the same port.
+/// path fails; `restore` lets connections through again on the same port, and `forward_to`
+/// sends new ones to another gateway.
 struct Proxy {
+    /// The port it listens on: the pages' origin.
+    port: u16,
     up: watch::Sender<bool>,
+    upstream: watch::Sender<SocketAddr>,
     accept: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
     fn start(listener: TcpListener, upstream: SocketAddr) -> Proxy {
+        let port = listener.local_addr().expect("proxy address").port();
         let (up, up_rx) = watch::channel(true);
+        let (upstream, upstream_rx) = watch::channel(upstream);
         let accept = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if !*up_rx.borrow() {
                     continue; // dropped: the client sees the connection closed
                 }
                 let mut up_rx = up_rx.clone();
+                let upstream = *upstream_rx.borrow();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(upstream).await else {
                         return;
@@ -613,7 +627,17 @@ impl Proxy {
                 });
             }
         });
-        Proxy { up, accept }
+        Proxy {
+            port,
+            up,
+            upstream,
+            accept,
+        }
+    }
+
+    /// Sends connections made from now on to `gateway`.
+    fn forward_to(&self, gateway: SocketAddr) {
+        self.upstream.send_replace(gateway);
     }
 
     fn cut(&self) {

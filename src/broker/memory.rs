@@ -761,6 +761,86 @@ mod tests {
         assert_eq!((b.room_count(), b.history_bytes()), (1, 0));
     }
 
+    /// When the room was last active (its last message, or its last member leaving).
+    fn last_active(b: &MemoryBroker, room: &RoomName) -> Instant {
+        let stream = lock(b.shard(room)).get(room).cloned().expect("the room");
+        let at = lock(&stream).last_active;
+        at
+    }
+
+    const TTL: Duration = Duration::from_secs(600);
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Nobody in the room: its history, epoch and offsets are kept exactly `history_ttl` after
+    /// the last message, then the room starts afresh.
+    #[test]
+    fn an_empty_room_expires_exactly_history_ttl_after_its_last_message() {
+        let b = MemoryBroker::with_settings(settings(10, TTL, u64::MAX));
+        let room = RoomName::parse("r").unwrap();
+        publish(&b, &room, 1);
+        publish(&b, &room, 2);
+        let at = last_active(&b, &room);
+        let pos = since(&b, &room, 0);
+        b.sweep(at + TTL);
+        let r = b.recover_now(&room, Some(&pos));
+        assert!(r.recovered, "kept until the ttl");
+        assert_eq!(r.publications.len(), 2);
+        b.sweep(at + TTL + MS);
+        assert_eq!(b.room_count(), 0);
+        let r = b.recover_now(&room, Some(&pos));
+        assert!(!r.recovered);
+        assert_ne!(*r.epoch, *pos.epoch, "a new epoch");
+        assert_eq!(r.offset, 0);
+    }
+
+    /// A room everyone left is kept `history_ttl` after the last member left, even when its
+    /// last message is older.
+    #[test]
+    fn a_room_expires_exactly_history_ttl_after_its_last_member_left() {
+        let b = MemoryBroker::with_settings(settings(10, TTL, u64::MAX));
+        let room = RoomName::parse("r").unwrap();
+        b.subscribe_now(&room);
+        publish(&b, &room, 1);
+        let pos = since(&b, &room, 0);
+        b.unsubscribe(&room);
+        let left = last_active(&b, &room);
+        b.sweep(left + TTL);
+        assert!(
+            b.recover_now(&room, Some(&pos)).recovered,
+            "kept until the ttl"
+        );
+        b.sweep(left + TTL + MS);
+        assert_eq!(b.room_count(), 0);
+        assert_ne!(*b.recover_now(&room, None).epoch, *pos.epoch);
+    }
+
+    /// A room with members loses its history exactly `history_ttl` after the last message,
+    /// and keeps its epoch and offsets.
+    #[test]
+    fn history_of_a_room_with_members_expires_exactly_history_ttl_after_its_last_message() {
+        let b = MemoryBroker::with_settings(settings(10, TTL, u64::MAX));
+        let room = RoomName::parse("r").unwrap();
+        b.subscribe_now(&room);
+        publish(&b, &room, 1);
+        let at = last_active(&b, &room);
+        let pos = since(&b, &room, 0);
+        b.sweep(at + TTL);
+        assert!(
+            b.recover_now(&room, Some(&pos)).recovered,
+            "kept until the ttl"
+        );
+        b.sweep(at + TTL + MS);
+        let r = b.recover_now(&room, Some(&pos));
+        assert!(!r.recovered && r.publications.is_empty());
+        assert_eq!(
+            (&*r.epoch, r.offset),
+            (&*pos.epoch, 1),
+            "same epoch and offsets"
+        );
+        assert_eq!(b.room_count(), 1);
+        assert_eq!(b.history_bytes(), 0);
+    }
+
     fn publish(b: &MemoryBroker, room: &RoomName, n: u64) -> u64 {
         b.publish_now(PublishRequest {
             room,

@@ -199,6 +199,10 @@ where
         let expiry =
             tokio::time::sleep_until(expiry_instant(self.identity.expires_at, live.leeway_secs));
         tokio::pin!(expiry);
+        // Re-armed only when it fires: a message just stamps `last_seen`, so the timer costs
+        // nothing per message, and the close comes exactly `idle_timeout` after the last one.
+        let idle = tokio::time::sleep_until(self.last_seen + idle_timeout);
+        tokio::pin!(idle);
         drop(live);
         let ctl = self.handle.ctl.clone();
         // One cancellation future for the whole loop (building one per iteration costs a lock).
@@ -213,10 +217,14 @@ where
                 biased;
                 _ = &mut cancelled => break Some(ctl.code()),
                 _ = &mut expiry => break Some(close::EXPIRED),
-                _ = ping.tick() => {
-                    if self.last_seen.elapsed() >= idle_timeout {
+                _ = &mut idle => {
+                    let due = self.last_seen + idle_timeout;
+                    if Instant::now() >= due {
                         break Some(close::IDLE);
                     }
+                    idle.as_mut().reset(due);
+                }
+                _ = ping.tick() => {
                     let send = self.ws.send(Message::Ping(Default::default()));
                     let r = tokio::select! {
                         r = send => r.map_err(|_| WriteError::Socket),
@@ -661,124 +669,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-    use tokio::io::ReadBuf;
-
-    /// A client socket that is always readable: an endless run of masked, empty pings. Like
-    /// a real socket it takes part in tokio's cooperative budget (a task that has read a lot
-    /// gets `Pending` and must yield). What the session writes is kept.
-    struct PingFlood {
-        sent: usize,
-        written: Arc<std::sync::Mutex<Vec<u8>>>,
-    }
-
-    const PING: [u8; 6] = [0x89, 0x80, 1, 2, 3, 4];
-
-    impl AsyncRead for PingFlood {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
-            coop.made_progress();
-            while buf.remaining() > 0 {
-                let at = self.sent % PING.len();
-                buf.put_slice(&PING[at..at + 1]);
-                self.sent += 1;
-            }
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    impl AsyncWrite for PingFlood {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            data: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            self.written.lock().unwrap().extend_from_slice(data);
-            Poll::Ready(Ok(data.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    /// The code of the first close frame in what a server wrote (server frames are unmasked).
-    fn close_code(mut bytes: &[u8]) -> Option<u16> {
-        while bytes.len() >= 2 {
-            let (len, at) = match bytes[1] & 0x7f {
-                126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-                127 => return None,
-                n => (n as usize, 2),
-            };
-            if bytes[0] & 0x0f == 0x8 {
-                return Some(u16::from_be_bytes([bytes[at], bytes[at + 1]]));
-            }
-            bytes = &bytes[at + len..];
-        }
-        None
-    }
-
-    /// Runs a session over a socket that never stops being readable, with a token that
-    /// expires in a second: the expiry timer must still close it (4001).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_socket_that_is_always_readable_does_not_starve_the_expiry() {
-        let mut cfg = crate::config::Config::default();
-        cfg.auth.leeway = Duration::ZERO;
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        let broker = Arc::new(crate::broker::MemoryBroker::for_tests());
-        let hub = crate::hub::Hub::new(broker, metrics.clone(), 64, 1);
-        let user: Arc<str> = Arc::from("flooder");
-        let place = hub.admit(&user, 1).unwrap();
-        let shared = Arc::new(Shared {
-            live: arc_swap::ArcSwap::from_pointee(crate::live::Live::from_config(&cfg).unwrap()),
-            hub,
-            metrics,
-            shutdown: tokio_util::sync::CancellationToken::new(),
-        });
-        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let socket = PingFlood {
-            sent: 0,
-            written: written.clone(),
-        };
-        let ws =
-            WebSocketStream::from_raw_socket(socket, tungstenite::protocol::Role::Server, None)
-                .await;
-        let counter = Arc::new(crate::limits::ConnectionCounter::default());
-        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let accepted = Accepted {
-            identity: Identity {
-                user,
-                name: None,
-                rooms: crate::auth::RoomAccess::All,
-                expires_at: unix_now() + 1,
-            },
-            peer,
-            permit: counter.acquire(peer.ip(), 10, 10).unwrap(),
-            place,
-        };
-        let session = tokio::spawn(run(ws, accepted, shared));
-        tokio::time::timeout(Duration::from_secs(10), session)
-            .await
-            .expect("the session ended in time")
-            .unwrap();
-        let written = written.lock().unwrap();
-        assert_eq!(close_code(&written), Some(close::EXPIRED));
-    }
-
-    #[test]
-    fn far_future_expiry_does_not_overflow() {
-        let at = expiry_instant(u64::MAX, u64::MAX);
-        assert!(at > Instant::now() + Duration::from_secs(365 * 24 * 3600));
-        let soon = expiry_instant(unix_now() + 10, 5);
-        assert!(soon <= Instant::now() + Duration::from_secs(16));
-    }
-}
+mod tests;

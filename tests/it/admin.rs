@@ -28,12 +28,18 @@ async fn health_and_readiness() {
 #[tokio::test]
 async fn readyz_turns_503_while_draining() {
     let mut gw = Gateway::start_with(|s| {
-        s.set("server", "shutdown_grace", json!("10s"));
+        s.set("server", "shutdown_grace", json!("60s")).set(
+            "server",
+            "handshake_timeout",
+            json!("60s"),
+        );
     })
     .await;
-    // A client that does not read its close: the drain waits for it for a while.
     let mut client = gw.connect("alice").await;
     client.join("r").await;
+    // A connection still in its handshake (TLS done, no request yet): the drain waits for it,
+    // so the gateway stays draining until the test lets go, however busy the machine.
+    let stalled = gw.tls().await;
     assert_eq!(
         gw.admin_request("GET", "/readyz", None, None).await,
         (200, "ready\n".to_string())
@@ -50,6 +56,7 @@ async fn readyz_turns_503_while_draining() {
         (200, "ok\n".to_string())
     );
     assert_eq!(client.closed().await, Closed::Code(1001));
+    drop(stalled);
     assert_eq!(gw.wait_exit(WAIT).await, Some(0));
 }
 

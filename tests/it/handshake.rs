@@ -361,22 +361,22 @@ async fn plain_http_gets_400_text_garbage_is_dropped_and_the_gateway_keeps_servi
     );
     gw.wait_log("\"reason\":\"not_tls\"").await;
 
-    // A TLS-looking record that is nonsense: the server ends the connection at once (well
-    // before the handshake timeout), with at most a TLS alert and never an HTTP answer.
+    // A TLS-looking record that is nonsense: the server ends the connection for the error
+    // (not at the handshake timeout: the log says why), with at most a TLS alert and never an
+    // HTTP answer.
     let mut tcp = TcpStream::connect(gw.addr).await.expect("connect");
-    let started = Instant::now();
     let mut garbage = vec![0x16, 0xfe, 0xfe, 0xff, 0xff];
     garbage.extend((0..200u32).map(|i| (i * 37 % 251) as u8));
     tcp.write_all(&garbage).await.expect("write");
     let (raw, closed) = read_until_closed(&mut tcp, WAIT).await;
     assert!(closed, "garbage connection stays open");
-    assert!(
-        started.elapsed() < HANDSHAKE_TIMEOUT / 2,
-        "garbage was only dropped after {:?}",
-        started.elapsed()
-    );
     assert!(is_alert_or_eof(&raw), "answer to garbage: {raw:?}");
     gw.wait_log("\"reason\":\"tls_error\"").await;
+    assert!(
+        !gw.logs().contains("\"reason\":\"timeout\""),
+        "{}",
+        gw.logs()
+    );
 
     let mut c = gw.connect("alice").await;
     assert_eq!(c.welcome["user"], "alice");
@@ -449,14 +449,12 @@ async fn time_until_dropped(gw: &Gateway, first: &[u8]) -> Duration {
     started.elapsed()
 }
 
+/// `elapsed` ran from before the connection was made to after it was dropped. A lower bound
+/// only: a busy machine may drop it late (the waits around it bound how late).
 fn assert_dropped_at_timeout(elapsed: Duration) {
     assert!(
-        elapsed >= HANDSHAKE_TIMEOUT / 2,
+        elapsed >= HANDSHAKE_TIMEOUT,
         "dropped after {elapsed:?}: before the handshake timeout"
-    );
-    assert!(
-        elapsed <= HANDSHAKE_TIMEOUT + Duration::from_secs(2),
-        "dropped only after {elapsed:?}"
     );
 }
 

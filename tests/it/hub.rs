@@ -560,10 +560,19 @@ async fn a_history_too_short_says_not_recovered() {
     }
 }
 
+/// Sets `rooms.history_ttl` by a reload. Tests start with a ttl no busy machine can outlast
+/// (what is kept is kept for sure), then shorten it to see the rooms expire.
+async fn reload_history_ttl(gw: &Gateway, ttl: &str) {
+    let mut next = gw.settings.clone();
+    next.set("rooms", "history_ttl", json!(ttl));
+    std::fs::write(&gw.config_path, next.toml()).expect("write config");
+    gw.sighup("configuration reloaded").await;
+}
+
 #[tokio::test]
 async fn an_empty_room_keeps_its_history_until_the_ttl_then_starts_a_new_epoch() {
     let gw = Gateway::start_with(|s| {
-        s.set("rooms", "history_ttl", json!("1s"));
+        s.set("rooms", "history_ttl", json!("1h"));
     })
     .await;
     let (mut alice, epoch) = room_with_messages(&gw, "r", 2).await;
@@ -584,14 +593,18 @@ async fn an_empty_room_keeps_its_history_until_the_ttl_then_starts_a_new_epoch()
             message("r", "alice", json!({"n":n}), &epoch, n)
         );
     }
+    let leaving = Instant::now();
     assert_eq!(
         bob.request(json!({"type":"leave","room":"r"}), 2).await,
         json!({"type":"left","room":"r","id":2})
     );
     assert_eq!(metric(&gw, "wsgate_rooms").await, 1.0);
 
-    // Once the history has expired the room is forgotten...
+    // Once the history has expired (a second after the leave) the room is forgotten...
+    reload_history_ttl(&gw, "1s").await;
     wait_metric(&gw, "wsgate_rooms", |v| v == 0.0).await;
+    let kept = leaving.elapsed();
+    assert!(kept >= Duration::from_secs(1), "forgotten after {kept:?}");
     // ...and starts afresh: a new epoch, offsets from 1; the old position is not recovered.
     let j = join_since(&mut bob, "r", &epoch, 2, 3).await;
     assert_ne!(j["epoch"], epoch, "{j}");
@@ -983,6 +996,9 @@ async fn rate_limited_publishes_are_refused_and_not_delivered() {
     );
 }
 
+/// How long publishing past the rate limit may go on before 1008 (CONTRACT §5).
+const FLOOD_LIMIT: Duration = Duration::from_secs(5);
+
 #[tokio::test]
 async fn publishing_past_the_rate_limit_for_five_seconds_closes_with_1008() {
     let gw = Gateway::start_with(|s| {
@@ -993,17 +1009,20 @@ async fn publishing_past_the_rate_limit_for_five_seconds_closes_with_1008() {
 
     let mut acks = Vec::new();
     let mut limited = 0u64;
+    // When the first refused request was sent: the gateway saw it later, so the flood it
+    // began lasted at most from here to the close.
     let mut first_limited: Option<Instant> = None;
     let started = Instant::now();
     let mut id = 0u64;
     let code = loop {
         assert!(
-            started.elapsed() < Duration::from_secs(8),
+            started.elapsed() < FLOOD_LIMIT + WAIT,
             "still open after {:?} of flooding ({} acks, {limited} refused)",
             started.elapsed(),
             acks.len()
         );
         id += 1;
+        let sent = Instant::now();
         let req = json!({"type":"publish","room":"r","data":{"n":id},"id":id});
         if flooder
             .ws
@@ -1024,20 +1043,26 @@ async fn publishing_past_the_rate_limit_for_five_seconds_closes_with_1008() {
             Event::Msg(m) => {
                 assert_eq!(m, error(json!(id), "rate_limited", "1 messages/s exceeded"));
                 limited += 1;
-                first_limited.get_or_insert_with(Instant::now);
+                first_limited.get_or_insert(sent);
             }
             Event::Closed(c) => break c,
         }
     };
     let flooded = first_limited.expect("refusals").elapsed();
     assert_eq!(code, Closed::Code(1008));
+    // Lower bounds only (the machine may be busy): the exact 5 s is tested in-process.
     assert!(
-        flooded >= Duration::from_millis(4900) && flooded < Duration::from_millis(6500),
+        flooded >= FLOOD_LIMIT,
         "closed after {flooded:?} of flooding"
     );
-    // The burst plus about one per second got through; bob got exactly those.
-    assert!((2..=8).contains(&acks.len()), "{acks:?}");
-    assert!(limited > 50, "{limited}");
+    // The burst and one per second (a refill) got through; bob got exactly those.
+    let most = 2.0 + started.elapsed().as_secs_f64();
+    assert!(
+        acks.len() >= 2 && acks.len() as f64 <= most,
+        "{acks:?} in {:?}",
+        started.elapsed()
+    );
+    assert!(limited >= 10, "{limited}");
     let barrier = admin_publish(&gw, "r", json!("barrier")).await;
     assert_eq!(barrier, acks.len() as u64 + 1);
     for (i, n) in acks.iter().enumerate() {
@@ -1084,7 +1109,11 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_others_get_everythi
         }
         assert!(n < 20_000, "the slow client was never closed");
     }
-    // What `slow` got is an unbroken prefix of the stream, then 1013.
+    // What `slow` got is an unbroken prefix of the stream, then the close. Its close frame
+    // waits behind what its socket already holds, and the gateway tries to write it for 2 s:
+    // a client that starts reading later (on a busy machine, this test) finds the connection
+    // dropped instead. The close frame itself is tested in-process; here the gateway's count
+    // of 1013 closes says which close it was.
     let mut expect = 1u64;
     loop {
         match next_event(&mut slow).await {
@@ -1094,11 +1123,12 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_others_get_everythi
                 expect += 1;
             }
             Event::Closed(c) => {
-                assert_eq!(c, Closed::Code(1013));
+                assert!(matches!(c, Closed::Code(1013) | Closed::Dropped), "{c:?}");
                 break;
             }
         }
     }
+    assert_eq!(metric(&gw, "wsgate_closes_total{code=\"1013\"}").await, 1.0);
     assert!(expect <= n, "slow got everything ({expect}) yet was closed");
     // The others carry on, and the reader saw the slow client leave.
     let ack = publish(&mut publisher, "r", json!("after"), n + 1).await;
@@ -1175,12 +1205,11 @@ async fn feeding_a_client_that_does_not_read_keeps_memory_bounded() {
 
 #[tokio::test]
 async fn a_client_that_stops_answering_pings_is_closed_with_4000() {
+    // Generous to the watcher, which only answers pings while the test reads it.
+    let idle_timeout = Duration::from_secs(2);
     let gw = Gateway::start_with(|s| {
-        s.set("server", "ping_interval", json!("200ms")).set(
-            "server",
-            "idle_timeout",
-            json!("600ms"),
-        );
+        s.set("server", "ping_interval", json!("200ms"))
+            .set("server", "idle_timeout", json!("2s"));
     })
     .await;
     let mut watcher = gw.connect("watcher").await;
@@ -1197,13 +1226,11 @@ async fn a_client_that_stops_answering_pings_is_closed_with_4000() {
         watcher.recv().await,
         json!({"type":"presence","room":"r","event":"leave","user":"idle"})
     );
+    // A lower bound only (the machine may be busy): the exact time is tested in-process.
     let after = sent.elapsed();
-    assert!(
-        after >= Duration::from_millis(600) && after < Duration::from_millis(2500),
-        "idle close after {after:?}"
-    );
+    assert!(after >= idle_timeout, "idle close after {after:?}");
     assert_eq!(idle.closed().await, Closed::Code(4000));
-    // The reading client outlived several idle timeouts.
+    // The reading client outlived the idle timeout.
     assert_eq!(
         publish(&mut watcher, "r", json!("alive"), 1).await,
         json!({"type":"ack","id":1,"offset":1})
@@ -1213,7 +1240,8 @@ async fn a_client_that_stops_answering_pings_is_closed_with_4000() {
 #[tokio::test]
 async fn tokens_expire_with_4001_unless_refreshed() {
     let gw = Gateway::start().await;
-    let exp = unix_now() + 2;
+    // Room for the connects and requests below on a busy machine, all before the expiry.
+    let exp = unix_now() + 5;
     let short = |sub: &str| gw.token_claims(json!({"sub":sub,"exp":exp}));
     let mut keeper = gw.connect_token(&short("alice")).await;
     let mut expiring = gw.connect_token(&short("bob")).await;
@@ -1300,13 +1328,14 @@ async fn sigterm_closes_every_client_with_1001_and_exits_0() {
     }
     assert_eq!(lurker.closed().await, Closed::Code(1001));
     assert_eq!(gw.wait_exit(WAIT).await, Some(0));
-    assert!(gw.logs().contains("stopped"));
+    // Its last line may still be on its way to the test's log reader.
+    gw.wait_log("stopped").await;
 }
 
 #[tokio::test]
 async fn rooms_are_forgotten_once_empty_and_their_history_expired() {
     let gw = Gateway::start_with(|s| {
-        s.set("rooms", "history_ttl", json!("1s")).unlimited_rate();
+        s.set("rooms", "history_ttl", json!("1h")).unlimited_rate();
     })
     .await;
     let mut a = gw.connect("a").await;
@@ -1326,9 +1355,10 @@ async fn rooms_are_forgotten_once_empty_and_their_history_expired() {
     }
     let (_, rooms) = gw.api("GET", "/api/rooms", None).await;
     assert_eq!(rooms, json!([]));
-    // The rooms that got messages are still kept for their history...
-    assert!(metric(&gw, "wsgate_rooms").await >= 1.0);
-    // ...until it expires.
+    // Nobody is in any room; each is still kept for the ttl after its last member left...
+    assert_eq!(metric(&gw, "wsgate_rooms").await, 60.0);
+    // ...then forgotten.
+    reload_history_ttl(&gw, "1s").await;
     wait_metric(&gw, "wsgate_rooms", |v| v == 0.0).await;
     // The sessions themselves are fine.
     a.join("room-0").await;

@@ -219,10 +219,15 @@ async fn a_refresh_leaves_the_rooms_the_new_token_no_longer_allows() {
         publish(&mut alice, "lobby", json!("still here"), 4).await,
         json!({"type":"ack","id":4,"offset":1})
     );
-    // bob got nothing from alice in team:1:chat after the leave.
-    let ack = publish(&mut bob, "team:1:chat", json!("ping"), 5).await;
-    assert_eq!(ack["type"], "ack", "{ack}");
-    bob.assert_silent(Duration::from_millis(200)).await;
+    // bob got nothing from alice in team:1:chat after the leave: everything alice sent was
+    // answered before this barrier, so it is the next thing bob reads.
+    admin_publish(&gw, "team:1:chat", json!("barrier")).await;
+    let m = bob.recv().await;
+    assert_eq!(
+        (&m["type"], &m["from"], &m["data"]),
+        (&json!("message"), &json!("@server"), &json!("barrier")),
+        "{m}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,8 +336,9 @@ async fn a_ping_flood_that_never_answers_pings_is_closed_with_4000() {
             .set("server", "idle_timeout", json!("1s"));
     })
     .await;
-    let client = RawClient::connect(&gw, &gw.token("flooder")).await;
+    // Before the handshake: the session counts its idle time from its start.
     let started = Instant::now();
+    let client = RawClient::connect(&gw, &gw.token("flooder")).await;
     assert_eq!(flood_raw_pings(client).await, Some(4000));
     assert!(
         started.elapsed() >= idle,
@@ -347,7 +353,8 @@ const PING_PAYLOAD: &[u8] = &[b'p'; 125];
 #[tokio::test]
 async fn a_ping_flood_does_not_outlive_its_token() {
     let gw = Gateway::start().await;
-    let exp = unix_now() + 2;
+    // Room for the connect on a busy machine, before the expiry.
+    let exp = unix_now() + 3;
     let client = gw
         .connect_token(&gw.token_claims(json!({"sub":"flooder","exp":exp})))
         .await;
@@ -481,12 +488,14 @@ async fn a_reload_does_not_hand_a_used_up_session_a_fresh_budget() {
     .await;
     let mut alice = gw.connect("alice").await;
     alice.join("r").await;
+    // Before the bucket was first used: the refills counted from here are at least the
+    // gateway's, however busy the machine.
+    let first_use = Instant::now();
     for id in 1..=3 {
         assert_eq!(publish(&mut alice, "r", json!(id), id).await["type"], "ack");
     }
     let r = publish(&mut alice, "r", json!(4), 4).await;
     assert_eq!(r["code"], "rate_limited", "{r}");
-    let exhausted = Instant::now();
 
     let mut next = gw.settings.clone();
     next.rate_limit(2, 10);
@@ -500,7 +509,7 @@ async fn a_reload_does_not_hand_a_used_up_session_a_fresh_budget() {
             acked += 1;
         }
     }
-    let refilled = exhausted.elapsed().as_secs_f64().floor() as u64;
+    let refilled = first_use.elapsed().as_secs_f64().floor() as u64;
     assert!(
         acked <= 1 + refilled && acked < 10,
         "{acked} publishes passed {refilled}s after the bucket was empty"
