@@ -26,7 +26,8 @@ use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::admin::Admin;
 use crate::broker::memory::NodeIdentity;
-use crate::broker::{Broker, MemoryBroker, RoomSettings};
+use crate::broker::redis::{ClusterSettings, RedisBroker, Target};
+use crate::broker::{Broker, MemoryBroker, NodeId, RoomSettings};
 use crate::config::{Config, LogFormat, Source};
 use crate::gateway::proxy_header::TrustedProxies;
 use crate::gateway::server::Server;
@@ -40,6 +41,8 @@ pub const EXIT_RUNTIME: i32 = 1;
 pub const EXIT_CONFIG: i32 = 78;
 
 const DEFAULT_CONFIG: &str = "config/wsgate.toml";
+/// How long a cluster node waits for Redis before it starts serving anyway (not ready).
+const CLUSTER_STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(
@@ -413,7 +416,12 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
     let admin_local = admin_listener.local_addr()?;
     let signals = Signals::install()?;
 
-    let metrics = Arc::new(Metrics::new());
+    let redis_nodes = cfg.cluster.redis_nodes()?;
+    let metrics = Arc::new(if redis_nodes.is_empty() {
+        Metrics::new()
+    } else {
+        Metrics::for_cluster()
+    });
     metrics
         .max_connections
         .set(cfg.server.max_connections as i64);
@@ -421,13 +429,37 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
         name: node_name(&cfg),
         started_at: crate::auth::unix_now(),
     };
-    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(room_settings(&cfg), node));
-    let hub = Hub::new(
-        broker,
-        metrics.clone(),
-        cfg.limits.send_queue,
-        rand::random(),
-    );
+    let node_id: NodeId = rand::random();
+    let node_label = node.name.clone();
+    let (broker, cluster): (Arc<dyn Broker>, _) = match metrics.cluster() {
+        Some(cluster_metrics) if !redis_nodes.is_empty() => {
+            let c = &cfg.cluster;
+            let redis = RedisBroker::start(
+                ClusterSettings {
+                    target: Target::new(redis_nodes),
+                    key_prefix: c.key_prefix.clone(),
+                    node_ttl: c.node_ttl,
+                    redis_timeout: c.redis_timeout,
+                },
+                room_settings(&cfg),
+                node,
+                node_id,
+                cluster_metrics.clone(),
+            );
+            (redis.clone(), Some(redis))
+        }
+        _ => (Arc::new(MemoryBroker::new(room_settings(&cfg), node)), None),
+    };
+    let hub = Hub::new(broker, metrics.clone(), cfg.limits.send_queue, node_id);
+    if let Some(redis) = &cluster {
+        // Serve with Redis answering when it does at start; otherwise start all the same,
+        // not ready (/readyz 503) until it does.
+        if redis.wait_ready(CLUSTER_STARTUP_WAIT).await {
+            info!(redis = %redis.describe(), node = %node_label, "cluster mode: Redis reachable");
+        } else {
+            warn!(redis = %redis.describe(), "cluster mode: Redis not reachable yet; not ready (/readyz 503) until it is");
+        }
+    }
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         live: ArcSwap::from_pointee(Live::from_config(&cfg)?),
@@ -498,7 +530,7 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
                 }
                 server.shared.hub.sweep(std::time::Instant::now());
                 n += 1;
-                if n % 30 == 0 {
+                if n.is_multiple_of(30) {
                     server.rate.prune();
                 }
             }
@@ -523,6 +555,9 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
             sessions = server.shared.hub.session_count(),
             "shutdown grace ran out; closing the rest"
         );
+    }
+    if let Some(redis) = &cluster {
+        redis.shutdown().await;
     }
     admin_task.abort();
     upkeep.abort();

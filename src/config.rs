@@ -34,6 +34,9 @@ pub const MIN_API_KEY_CHARS: usize = 32;
 /// Placeholders in `config/production.example.toml`: a copied but unedited file must not
 /// start, whatever its addresses.
 const PLACEHOLDER_SECRETS: &[&str] = &["REPLACE-WITH-A-LONG-RANDOM-KEY", "..."];
+/// Shortest `cluster.node_ttl`: nodes write a heartbeat every second, so three seconds lets
+/// a node miss two (a busy machine, a slow Redis) before the others remove its sessions.
+pub const MIN_NODE_TTL: Duration = Duration::from_secs(3);
 /// The command the refusals suggest for making a secret.
 const MAKE_SECRET: &str = "head -c 32 /dev/urandom | base64";
 
@@ -313,6 +316,47 @@ pub struct ClusterConfig {
     pub redis_timeout: Duration,
 }
 
+impl ClusterConfig {
+    /// The Redis nodes of `redis_url`: none (single node), one (a single Redis) or several
+    /// (seed nodes of a Redis Cluster). Only `redis://` and `rediss://` (TLS) URLs; an error
+    /// never repeats a URL, which may hold a password.
+    pub fn redis_nodes(&self) -> Result<Vec<redis::ConnectionInfo>, ConfigError> {
+        use redis::IntoConnectionInfo;
+        if self.redis_url.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let urls: Vec<&str> = self.redis_url.split(',').map(str::trim).collect();
+        let name = |n: usize| {
+            if urls.len() == 1 {
+                "the URL".to_string()
+            } else {
+                format!("URL {n}")
+            }
+        };
+        let mut nodes = Vec::with_capacity(urls.len());
+        for (i, url) in urls.iter().enumerate() {
+            let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            if !matches!(scheme.as_deref(), Some("redis" | "rediss")) {
+                return Err(ConfigError::invalid(
+                    "cluster.redis_url",
+                    format!(
+                        "{} must start with redis:// or rediss:// (TLS)",
+                        name(i + 1)
+                    ),
+                ));
+            }
+            let info = url.into_connection_info().map_err(|e| {
+                ConfigError::invalid(
+                    "cluster.redis_url",
+                    format!("{} is not a Redis URL ({:?})", name(i + 1), e.kind()),
+                )
+            })?;
+            nodes.push(info);
+        }
+        Ok(nodes)
+    }
+}
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
@@ -489,12 +533,7 @@ impl Config {
             return Err(ConfigError::invalid("admin.api_key", "must not be empty"));
         }
         self.validate_secrets(listen, admin)?;
-        if !self.cluster.redis_url.is_empty() {
-            return Err(ConfigError::invalid(
-                "cluster.redis_url",
-                "multi-node mode is not available in this version: leave it empty",
-            ));
-        }
+        self.cluster.redis_nodes()?;
         let trusted = s.trusted_proxy_nets()?;
         if s.proxy_protocol && trusted.is_empty() {
             return Err(ConfigError::invalid(
@@ -521,6 +560,16 @@ impl Config {
             if d.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than 0s"));
             }
+        }
+        if !c.redis_url.trim().is_empty() && c.node_ttl < MIN_NODE_TTL {
+            return Err(ConfigError::invalid(
+                "cluster.node_ttl",
+                format!(
+                    "must be at least {}s: nodes beat once a second, and a node that misses \
+                     a couple of beats must not be taken for dead",
+                    MIN_NODE_TTL.as_secs()
+                ),
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
@@ -634,7 +683,8 @@ impl Config {
     /// Keys that differ between `self` and `next` and that only a restart applies.
     pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
         let mut keys = Vec::new();
-        let pairs: [(&'static str, bool); 9] = [
+        let (c, n) = (&self.cluster, &next.cluster);
+        let pairs: [(&'static str, bool); 13] = [
             ("server.listen", self.server.listen != next.server.listen),
             ("server.ws_path", self.server.ws_path != next.server.ws_path),
             (
@@ -651,7 +701,11 @@ impl Config {
             ),
             ("admin.listen", self.admin.listen != next.admin.listen),
             ("admin.api_key", self.admin.api_key != next.admin.api_key),
-            ("cluster.redis_url", self.cluster != next.cluster),
+            ("cluster.redis_url", c.redis_url != n.redis_url),
+            ("cluster.node_name", c.node_name != n.node_name),
+            ("cluster.key_prefix", c.key_prefix != n.key_prefix),
+            ("cluster.node_ttl", c.node_ttl != n.node_ttl),
+            ("cluster.redis_timeout", c.redis_timeout != n.redis_timeout),
             ("log.format", self.log.format != next.log.format),
         ];
         for (key, changed) in pairs {
@@ -1107,6 +1161,68 @@ mod tests {
         assert_eq!(
             cfg.restart_only_changes(&next),
             ["server.proxy_protocol", "server.trusted_proxies"]
+        );
+    }
+
+    #[test]
+    fn redis_urls_are_checked_without_being_repeated() {
+        let nodes = |url: &str| {
+            ClusterConfig {
+                redis_url: url.into(),
+                ..Default::default()
+            }
+            .redis_nodes()
+        };
+        assert!(nodes("").unwrap().is_empty(), "single node");
+        assert_eq!(nodes("redis://:pw@127.0.0.1:6390/2").unwrap().len(), 1);
+        assert_eq!(
+            nodes("redis://a:7000, redis://b:7001,rediss://c:7002")
+                .unwrap()
+                .len(),
+            3,
+            "seed nodes of a Redis Cluster"
+        );
+        let err = load_str(
+            "[cluster]\nredis_url = \"redis://a:1,http://user:secret@b:2\"\n",
+            &[],
+        )
+        .expect_err("http");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("cluster.redis_url: URL 2 must start with redis:// or rediss://"),
+            "{msg}"
+        );
+        assert!(!msg.contains("secret"), "{msg}");
+        let err = load_str("[cluster]\nredis_url = \"unix:///tmp/r.sock\"\n", &[])
+            .expect_err("unix socket");
+        assert!(
+            err.to_string()
+                .starts_with("cluster.redis_url: the URL must start with"),
+            "{err}"
+        );
+        let err = load_str("[cluster]\nredis_url = \"redis://:secret@h:port\"\n", &[])
+            .expect_err("bad port");
+        assert!(err
+            .to_string()
+            .starts_with("cluster.redis_url: the URL is not a Redis URL"));
+        assert!(!err.to_string().contains("secret"));
+        let short = "[cluster]\nredis_url = \"redis://127.0.0.1:1\"\nnode_ttl = \"2s\"\n";
+        let err = load_str(short, &[]).expect_err("short ttl");
+        assert!(err
+            .to_string()
+            .starts_with("cluster.node_ttl: must be at least 3s"));
+        load_str("[cluster]\nnode_ttl = \"2s\"\n", &[]).expect("unused on a single node");
+    }
+
+    #[test]
+    fn every_cluster_key_is_restart_only() {
+        let a = Config::default();
+        let mut b = a.clone();
+        b.cluster.key_prefix = "other".into();
+        b.cluster.node_ttl = Duration::from_secs(30);
+        assert_eq!(
+            a.restart_only_changes(&b),
+            ["cluster.key_prefix", "cluster.node_ttl"]
         );
     }
 

@@ -142,6 +142,24 @@ pub struct Metrics {
     reloads_ok: Counter,
     reloads_error: Counter,
     fanout_latency: Histogram,
+    cluster: Option<ClusterMetrics>,
+}
+
+/// Cluster mode's metrics (registered only when `cluster.redis_url` is set).
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    /// `wsgate_cluster_redis_up`: 1 while this node reaches Redis and serves joins/publishes.
+    pub redis_up: Gauge,
+    /// `wsgate_cluster_nodes`: nodes whose heartbeat is younger than `cluster.node_ttl`.
+    pub nodes: Gauge,
+    /// `wsgate_cluster_resyncs_total{kind="replay"}`: missed publications read back from a
+    /// room's history and delivered in order.
+    pub replays: Counter,
+    /// `wsgate_cluster_resyncs_total{kind="lost"}`: rooms whose local sessions were closed
+    /// with 1012 (the history no longer held what they missed, or the epoch changed).
+    pub lost: Counter,
+    /// `wsgate_cluster_redis_roundtrip_seconds`: every Redis call the broker makes.
+    pub roundtrip: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -157,7 +175,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics of a single node.
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// The metrics of a cluster node: a single node's and the `wsgate_cluster_*` ones.
+    pub fn for_cluster() -> Self {
+        Self::build(true)
+    }
+
+    fn build(cluster: bool) -> Self {
         let mut registry = Registry::default();
         let connections = Gauge::default();
         registry.register(
@@ -266,6 +294,7 @@ impl Metrics {
             "Publish accepted to written to the last recipient's socket",
             fanout_latency.clone(),
         );
+        let cluster = cluster.then(|| ClusterMetrics::register(&mut registry));
         registry.register_collector(Box::new(ProcessCollector {
             start: process_start_time(),
         }));
@@ -285,7 +314,13 @@ impl Metrics {
             reloads_ok,
             reloads_error,
             fanout_latency,
+            cluster,
         }
+    }
+
+    /// The cluster metrics, in cluster mode.
+    pub fn cluster(&self) -> Option<&ClusterMetrics> {
+        self.cluster.as_ref()
     }
 
     /// Counts a handshake outcome that has no finer reason (e.g. `ok`).
@@ -345,6 +380,51 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> ClusterMetrics {
+        let redis_up = Gauge::default();
+        registry.register(
+            "wsgate_cluster_redis_up",
+            "1 while this node reaches Redis (cluster mode), else 0",
+            redis_up.clone(),
+        );
+        let nodes = Gauge::default();
+        registry.register(
+            "wsgate_cluster_nodes",
+            "Live gateway nodes (heartbeat younger than cluster.node_ttl)",
+            nodes.clone(),
+        );
+        let resyncs = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "wsgate_cluster_resyncs",
+            "Rooms this node resynchronized: replay (missed messages delivered from history) \
+             or lost (local sessions closed with 1012)",
+            resyncs.clone(),
+        );
+        let replays = resyncs.get_or_create(&KindLabel { kind: "replay" }).clone();
+        let lost = resyncs.get_or_create(&KindLabel { kind: "lost" }).clone();
+        // 50 µs .. ~0.8 s, doubling: a local Redis answers in well under a millisecond.
+        let roundtrip = Histogram::new((0..15).map(|i| 0.000_05 * f64::from(1u32 << i)));
+        registry.register(
+            "wsgate_cluster_redis_roundtrip_seconds",
+            "Round trip of each Redis call this node makes (scripts, pings, subscriptions)",
+            roundtrip.clone(),
+        );
+        ClusterMetrics {
+            redis_up,
+            nodes,
+            replays,
+            lost,
+            roundtrip,
+        }
     }
 }
 

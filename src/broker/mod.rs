@@ -15,6 +15,7 @@
 //! are not: the broker catches up on its own once it is reachable again.
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1104,7 +1104,7 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_others_get_everythi
             next_message_skipping_presence(&mut reader).await,
             message("r", "publisher", json!({"n":n,"pad":chunk}), &epoch, n)
         );
-        if n % 32 == 0 && metric(&gw, "wsgate_slow_consumer_closes_total").await >= 1.0 {
+        if n.is_multiple_of(32) && metric(&gw, "wsgate_slow_consumer_closes_total").await >= 1.0 {
             break;
         }
         assert!(n < 20_000, "the slow client was never closed");
