@@ -8,10 +8,15 @@
 # JSON report per scenario into OUT_DIR (default: a temp dir), plus redis.json (Redis memory per
 # room of history, Redis commands per publish). The gateway and Redis run on CPU 0, the load
 # generator on CPU 1. Scenarios:
-#   fanout-1000   1000 subscribers, 20 msg/s (20,000 deliveries/s): gateway CPU per delivery
+#   fanout-1000   1000 subscribers, 20 msg/s (20,000 deliveries/s): latency, CPU per delivery
+#   fanout-1000-max  1000 subscribers, closed loop: deliveries/s and CPU per delivery
 #   hop           10 subscribers, 1,000 publishes/s: publish→delivery latency (the Redis hop)
-#   room-max      10 subscribers, closed loop: the publishes/s one room takes
+#   room-max      10 subscribers, closed loop: the publishes/s one room takes from one publisher
+#   room-max-8    the same from 8 publishers
 #   two-nodes     1000 subscribers over two nodes, closed loop (cluster only)
+#   two-nodes-20  1000 subscribers over two nodes, 20 msg/s
+# ONLY=single-fanout-1000,cluster-fanout-1000 runs only those (names: MODE-SCENARIO, two-nodes,
+# two-nodes-20, redis).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -120,6 +125,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 bench() {
   local name=$1 url=$2 with_redis=$3
   shift 3
+  if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",$name,"* ]]; then return 0; fi
   local t0 c0
   t0=$(cpu_ticks "$REDIS_PID")
   c0=$(rcli info stats | awk -F: '/^total_commands_processed/ {print $2+0}')
@@ -145,8 +151,10 @@ PY
 scenarios() {
   local mode=$1 url=$2 with_redis=$3
   bench "$mode-fanout-1000" "$url" "$with_redis" --conns 1000 --rate 20 --server-pid "$NODE_PID"
+  bench "$mode-fanout-1000-max" "$url" "$with_redis" --conns 1000 --rate max --window 64 --server-pid "$NODE_PID"
   bench "$mode-hop" "$url" "$with_redis" --conns 10 --rate 1000 --server-pid "$NODE_PID"
   bench "$mode-room-max" "$url" "$with_redis" --conns 10 --rate max --window 64 --server-pid "$NODE_PID"
+  bench "$mode-room-max-8" "$url" "$with_redis" --conns 10 --publishers 8 --rate max --window 256 --server-pid "$NODE_PID"
 }
 
 echo "== single node"
@@ -162,6 +170,7 @@ A_PID=$NODE_PID
 
 echo "== cluster, two nodes"
 start_node c2 "redis://127.0.0.1:$REDIS_PORT"
+bench two-nodes-20 "$A_URL,$NODE_URL" 1 --conns 1000 --rate 20 --server-pid "$A_PID"
 bench two-nodes "$A_URL,$NODE_URL" 1 --conns 1000 --rate max --window 64 --server-pid "$A_PID"
 python3 - "$OUT/two-nodes.json" "$NODE_PID" <<'PY'
 import json, sys
@@ -173,6 +182,7 @@ PY
 stop_node "$NODE_PID"
 stop_node "$A_PID"
 
+if [ -n "${ONLY:-}" ] && [[ ",$ONLY," != *",redis,"* ]]; then echo "reports in $OUT"; exit 0; fi
 echo "== Redis memory per room of history"
 before=$(rcli info memory | awk -F: '/^used_memory:/ {print $2+0}')
 start_node fill "redis://127.0.0.1:$REDIS_PORT"
