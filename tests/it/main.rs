@@ -8,6 +8,7 @@ mod hub;
 mod ops;
 mod proxy;
 mod redis_broker;
+mod redis_server;
 mod session;
 mod smoke;
 mod support;
