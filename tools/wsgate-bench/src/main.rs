@@ -14,6 +14,8 @@
 //! address. Raise them on the gateway under test, or the report shows `rate_limited` errors and
 //! refused connections.
 
+mod churn;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -97,8 +99,16 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// PID of a gateway on this machine: report its CPU time per delivery and its memory
+    /// (with --churn: its RSS and open fds, from /proc)
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Soak mode: connections open, join, publish, leave and close at a steady rate for
+    /// --duration (the --connect-rate ... --count-margin flags); JSON lines to stdout and
+    /// appended to --json
+    #[arg(long)]
+    pub churn: bool,
+    #[command(flatten)]
+    pub churn_opts: churn::ChurnArgs,
 }
 
 /// CPU seconds (user + system) and resident KiB of a local process, from /proc.
@@ -224,7 +234,18 @@ struct Target {
 
 impl Target {
     async fn connect(&self, idx: usize, sub: &str) -> Result<Ws, String> {
-        let node = &self.nodes[idx % self.nodes.len()];
+        let tls = self.tls_only(idx).await?;
+        self.upgrade(idx, tls, sub).await
+    }
+
+    /// The node connection `idx` goes to (round-robin).
+    fn node(&self, idx: usize) -> &Node {
+        &self.nodes[idx % self.nodes.len()]
+    }
+
+    /// TCP and TLS, no HTTP yet.
+    async fn tls_only(&self, idx: usize) -> Result<TlsStream<TcpStream>, String> {
+        let node = self.node(idx);
         let tcp = if self.src_ips.is_empty() {
             TcpStream::connect(node.addr).await
         } else {
@@ -243,11 +264,20 @@ impl Target {
         let _ = tcp.set_nodelay(true);
         let name =
             ServerName::try_from(node.host.clone()).map_err(|e| format!("server name: {e}"))?;
-        let tls = self
-            .tls
+        self.tls
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("tls: {e}"))?;
+            .map_err(|e| format!("tls: {e}"))
+    }
+
+    /// The WebSocket upgrade with a fresh token for `sub`.
+    async fn upgrade(
+        &self,
+        idx: usize,
+        tls: TlsStream<TcpStream>,
+        sub: &str,
+    ) -> Result<Ws, String> {
+        let node = self.node(idx);
         let now = wsgate::auth::unix_now();
         let token = wsgate::auth::mint_hs256(
             &self.secret,
@@ -592,6 +622,14 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .transpose()?
             .unwrap_or_default(),
     });
+    if args.churn {
+        let pass = churn::run(&args, target).await?;
+        anyhow::ensure!(
+            pass,
+            "churn: messages lost or the gateway did not come back to its baseline (see the summary line)"
+        );
+        return Ok(());
+    }
     let sh = Arc::new(Shared {
         epoch: Instant::now(),
         subs_alive: AtomicU64::new(0),
