@@ -194,15 +194,15 @@ where
         let live = self.shared.live.load_full();
         let ping_every = live.server.ping_interval;
         let idle_timeout = live.server.idle_timeout;
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let expiry =
-            tokio::time::sleep_until(expiry_instant(self.identity.expires_at, live.leeway_secs));
-        tokio::pin!(expiry);
-        // Re-armed only when it fires: a message just stamps `last_seen`, so the timer costs
-        // nothing per message, and the close comes exactly `idle_timeout` after the last one.
-        let idle = tokio::time::sleep_until(self.last_seen + idle_timeout);
-        tokio::pin!(idle);
+        // One timer for the three deadlines (token expiry, idle, next ping), armed at the
+        // earliest: a wakeup for a queued frame polls one timer, not three. A message only
+        // stamps `last_seen` and a refresh only moves `expiry_at` (later, usually), so the
+        // timer may fire before anything is due; it is then re-armed at the new earliest.
+        let mut expiry_at = expiry_instant(self.identity.expires_at, live.leeway_secs);
+        let mut ping_at = Instant::now() + ping_every;
+        let timer =
+            tokio::time::sleep_until(expiry_at.min(self.last_seen + idle_timeout).min(ping_at));
+        tokio::pin!(timer);
         drop(live);
         let ctl = self.handle.ctl.clone();
         // One cancellation future for the whole loop (building one per iteration costs a lock).
@@ -216,25 +216,30 @@ where
             tokio::select! {
                 biased;
                 _ = &mut cancelled => break Some(ctl.code()),
-                _ = &mut expiry => break Some(close::EXPIRED),
-                _ = &mut idle => {
-                    let due = self.last_seen + idle_timeout;
-                    if Instant::now() >= due {
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if now >= expiry_at {
+                        break Some(close::EXPIRED);
+                    }
+                    if now >= self.last_seen + idle_timeout {
                         break Some(close::IDLE);
                     }
-                    idle.as_mut().reset(due);
-                }
-                _ = ping.tick() => {
-                    let send = self.ws.send(Message::Ping(Default::default()));
-                    let r = tokio::select! {
-                        r = send => r.map_err(|_| WriteError::Socket),
-                        _ = &mut cancelled => Err(WriteError::Cancelled),
-                    };
-                    match r {
-                        Ok(()) => {}
-                        Err(WriteError::Cancelled) => break Some(ctl.code()),
-                        Err(WriteError::Socket) => break None,
+                    if now >= ping_at {
+                        // As an interval that delays missed ticks: the next ping one period
+                        // after this one was sent.
+                        ping_at = now.max(ping_at) + ping_every;
+                        let send = self.ws.send(Message::Ping(Default::default()));
+                        let r = tokio::select! {
+                            r = send => r.map_err(|_| WriteError::Socket),
+                            _ = &mut cancelled => Err(WriteError::Cancelled),
+                        };
+                        match r {
+                            Ok(()) => {}
+                            Err(WriteError::Cancelled) => break Some(ctl.code()),
+                            Err(WriteError::Socket) => break None,
+                        }
                     }
+                    timer.as_mut().reset(expiry_at.min(self.last_seen + idle_timeout).min(ping_at));
                 }
                 item = self.rx.recv() => {
                     let Some(item) = item else { break Some(close::INTERNAL) };
@@ -260,8 +265,12 @@ where
                         None => break None,
                         Some(Ok(Message::Text(text))) => {
                             self.last_seen = Instant::now();
-                            if let Some(code) = self.on_text(&text, &mut expiry) {
+                            let expiry_was = expiry_at;
+                            if let Some(code) = self.on_text(&text, &mut expiry_at) {
                                 break Some(code);
+                            }
+                            if expiry_at < expiry_was {
+                                timer.as_mut().reset(expiry_at.min(self.last_seen + idle_timeout).min(ping_at));
                             }
                             // A broker that answers at once (one node) is answered here,
                             // without another turn of the loop.
@@ -387,11 +396,7 @@ where
         None
     }
 
-    fn on_text(
-        &mut self,
-        text: &str,
-        expiry: &mut std::pin::Pin<&mut tokio::time::Sleep>,
-    ) -> Option<u16> {
+    fn on_text(&mut self, text: &str, expiry_at: &mut Instant) -> Option<u16> {
         let metrics = &self.shared.metrics;
         metrics.messages_in.inc();
         metrics.bytes_in.inc_by(text.len() as u64);
@@ -497,9 +502,7 @@ where
                         "a refresh token must be for the same user",
                     );
                 }
-                expiry
-                    .as_mut()
-                    .reset(expiry_instant(next.expires_at, live.leeway_secs));
+                *expiry_at = expiry_instant(next.expires_at, live.leeway_secs);
                 self.reply(ServerMsg::Refreshed {
                     expires_at: next.expires_at,
                     id: id.as_ref(),

@@ -100,10 +100,16 @@ impl Redis {
         assert!(self.spawn().await, "redis-server restart");
     }
 
-    /// One command on a fresh connection.
+    /// One command on a fresh connection (allowed 10 s: a `SAVE` on a busy machine takes a
+    /// while, longer than the client library's default 500 ms).
     pub async fn cmd(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
         let client = redis::Client::open(self.url())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(START_WAIT))
+            .set_response_timeout(Some(START_WAIT));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?;
         let mut c = redis::cmd(args[0]);
         for a in &args[1..] {
             c.arg(*a);
