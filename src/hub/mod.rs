@@ -34,17 +34,41 @@ use crate::broker::{
     PublishRequest, Recovery, SessionId,
 };
 use crate::metrics::Metrics;
-use crate::protocol::{close, RequestId, RoomName, ServerMsg, Since};
+use crate::protocol::{close, RequestId, RoomName, Since};
 
-/// What a session's writer sends, in queue order.
+/// What a session's writer sends, in queue order. The hub says what happened; the session's
+/// wire protocol frames it (native JSON or Pusher events).
 #[derive(Debug)]
 pub enum Outbound {
-    /// A reply or presence frame for this session.
+    /// A reply already framed for this session.
     Frame(Utf8Bytes),
+    /// The session is in the room: its position, replay status and users.
+    Joined(Box<JoinedRoom>),
+    /// A user arrived in or left a room the session is in.
+    Presence(Box<PresenceNotice>),
     /// A live publication; the writer accounts it for the fan-out latency.
     Live(Arc<Publication>),
     /// A publication replayed on join.
     Replay(Arc<Publication>),
+}
+
+/// The answer to a join, before framing.
+#[derive(Debug)]
+pub struct JoinedRoom {
+    pub room: RoomName,
+    pub epoch: Arc<str>,
+    pub offset: u64,
+    pub recovered: bool,
+    pub members: Vec<Arc<str>>,
+    pub members_total: Option<usize>,
+    pub id: Option<RequestId>,
+}
+
+/// A presence change in a room, before framing.
+#[derive(Debug)]
+pub struct PresenceNotice {
+    pub room: RoomName,
+    pub change: PresenceChange,
 }
 
 /// Asks a session to close with a code; the first request wins.
@@ -345,18 +369,17 @@ impl Hub {
         else {
             return;
         };
-        let joined = ServerMsg::Joined {
-            room: name.as_str(),
-            epoch: &recovery.epoch,
+        let joined = JoinedRoom {
+            room: name.clone(),
+            epoch: recovery.epoch.clone(),
             offset: recovery.offset,
             recovered: recovery.recovered,
-            members: &recovery.members,
+            members: recovery.members,
             members_total: recovery.members_total,
-            id,
-        }
-        .to_text();
+            id: id.cloned(),
+        };
         let h = member.handle.clone();
-        let mut ok = h.send(Outbound::Frame(Utf8Bytes::from(joined)), &self.metrics);
+        let mut ok = h.send(Outbound::Joined(Box::new(joined)), &self.metrics);
         for p in recovery.publications {
             if !ok {
                 break;
@@ -410,15 +433,13 @@ impl Hub {
             return true;
         }
         *presence = change.version;
-        let frame = ServerMsg::Presence {
-            room: room.as_str(),
-            event: change.event,
-            user: &change.user,
-        }
-        .to_text();
+        let notice = PresenceNotice {
+            room: room.clone(),
+            change: change.clone(),
+        };
         member
             .handle
-            .send(Outbound::Frame(Utf8Bytes::from(frame)), &self.metrics)
+            .send(Outbound::Presence(Box::new(notice)), &self.metrics)
     }
 
     /// Takes a session out of a room. Returns false when it was not a member.
@@ -477,6 +498,19 @@ impl Hub {
             node: self.node,
             session,
         });
+        self.publish_excluding(room, from, data, origin).await
+    }
+
+    /// Publishes into a room for every member but `excluded`, a session on any node (the
+    /// Pusher HTTP API's `socket_id`); returns the message's offset.
+    pub async fn publish_excluding(
+        &self,
+        room: RoomName,
+        from: Arc<str>,
+        data: Value,
+        excluded: Option<Origin>,
+    ) -> Result<u64, BrokerError> {
+        let origin = excluded;
         self.broker
             .publish(PublishRequest {
                 room: &room,

@@ -7,6 +7,7 @@ mod handshake;
 mod hub;
 mod ops;
 mod proxy;
+mod pusher;
 mod redis_broker;
 mod session;
 mod smoke;
