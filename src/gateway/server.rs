@@ -389,10 +389,7 @@ impl Server {
         let socket_id: Arc<str> = Arc::from(pusher::socket_id(node, place.id()));
         info!(peer = %peer.ip(), result = "ok", protocol = "pusher", app = %app.id, socket_id = %socket_id, "handshake");
         let accepted = Accepted {
-            wire: Wire::Pusher(PusherWire {
-                app,
-                socket_id: socket_id.clone(),
-            }),
+            wire: Wire::Pusher(PusherWire::new(app, socket_id.clone())),
             identity: Identity {
                 user: Arc::from(format!("@pusher:{socket_id}")),
                 name: None,

@@ -121,8 +121,8 @@ impl Wire {
             ),
             (Wire::Pusher(w), Outbound::Replay(p)) => (text(w.publication(&p)), None),
             (Wire::Pusher(w), Outbound::Live(p)) => (text(w.publication(&p)), Some(p)),
-            (Wire::Pusher(w), Outbound::Joined(j)) => (w.joined(&j.room).and_then(text), None),
-            (Wire::Pusher(_), Outbound::Presence(_)) => (None, None),
+            (Wire::Pusher(w), Outbound::Joined(j)) => (w.joined(&j).and_then(text), None),
+            (Wire::Pusher(w), Outbound::Presence(n)) => (w.presence(&n).and_then(text), None),
         }
     }
 
@@ -483,7 +483,7 @@ where
         if text.len() > live.limits.max_message_bytes {
             return Some(close::TOO_BIG);
         }
-        let msg = match &self.wire {
+        let msg = match &mut self.wire {
             Wire::Native => match parse_client(text) {
                 Ok(m) => m,
                 Err(e) => return self.refuse(e.id.as_ref(), ErrorCode::BadRequest, &e.message),
@@ -530,11 +530,17 @@ where
                     );
                     return self.refuse(id.as_ref(), ErrorCode::TooManyRooms, &message);
                 }
-                let join = self.shared.hub.clone().join(
+                let user = match &self.wire {
+                    Wire::Pusher(w) => w.member_of(&room),
+                    Wire::Native => None,
+                }
+                .unwrap_or_else(|| self.handle.user.clone());
+                let join = self.shared.hub.clone().join_as(
                     self.handle.clone(),
                     room.clone(),
                     since,
                     id.clone(),
+                    user,
                 );
                 self.waiting = Some(Box::pin(async move {
                     let result = join.await;

@@ -156,6 +156,8 @@ enum MemberState {
 
 struct Member {
     handle: SessionHandle,
+    /// Who the member is in the room's presence (normally its session's user).
+    user: Arc<str>,
     state: MemberState,
 }
 
@@ -278,11 +280,27 @@ impl Hub {
         since: Option<Since>,
         id: Option<RequestId>,
     ) -> Result<(), JoinError> {
+        let user = handle.user.clone();
+        self.join_as(handle, room, since, id, user).await
+    }
+
+    /// [`Hub::join`] with the member counted in the room's presence as `user` rather than
+    /// the session's own user: a Pusher socket is a presence channel's member under the
+    /// `user_id` its channel auth names, which may differ from one channel to the next.
+    pub async fn join_as(
+        self: Arc<Self>,
+        handle: SessionHandle,
+        room: RoomName,
+        since: Option<Since>,
+        id: Option<RequestId>,
+        user: Arc<str>,
+    ) -> Result<(), JoinError> {
         // 1. Become a joining member: live traffic is buffered from now on.
-        let (entry, first_of_user) = self.add_member(&handle, &room)?;
+        let (entry, first_of_user) = self.add_member(&handle, &room, &user)?;
         let mut joining = Joining {
             hub: &self,
             handle: &handle,
+            user: &user,
             room: &room,
             subscribed: false,
             presence: first_of_user.then_some(false),
@@ -292,7 +310,7 @@ impl Hub {
         self.broker.subscribe(&room).await?;
         joining.subscribed = true;
         if first_of_user {
-            self.broker.presence_join(&room, &handle.user).await?;
+            self.broker.presence_join(&room, &user).await?;
             joining.presence = Some(true);
         }
         let recovery = self.broker.recover(&room, since.as_ref()).await?;
@@ -308,6 +326,7 @@ impl Hub {
         &self,
         handle: &SessionHandle,
         name: &RoomName,
+        user: &Arc<str>,
     ) -> Result<(Arc<Mutex<Room>>, bool), JoinError> {
         loop {
             let room = match self.room(name) {
@@ -329,13 +348,14 @@ impl Hub {
                 handle.id,
                 Member {
                     handle: handle.clone(),
+                    user: user.clone(),
                     state: MemberState::Joining {
                         publications: Vec::new(),
                         presence: Vec::new(),
                     },
                 },
             );
-            let count = r.users.entry(handle.user.clone()).or_insert(0);
+            let count = r.users.entry(user.clone()).or_insert(0);
             *count += 1;
             let first = *count == 1;
             drop(r);
@@ -444,36 +464,36 @@ impl Hub {
 
     /// Takes a session out of a room. Returns false when it was not a member.
     pub fn leave(&self, handle: &SessionHandle, room: &RoomName, departure: Departure) -> bool {
-        let Some(last_of_user) = self.remove_member(handle, room) else {
+        let Some((last_of_user, user)) = self.remove_member(handle, room) else {
             return false;
         };
         if departure == Departure::Left {
             if last_of_user {
-                self.broker.presence_leave(room, &handle.user);
+                self.broker.presence_leave(room, &user);
             }
             self.broker.unsubscribe(room);
         }
         true
     }
 
-    /// Removes the member; `Some(last session of its user here)`, or `None` when it was not
-    /// a member. An empty room leaves the map.
-    fn remove_member(&self, handle: &SessionHandle, name: &RoomName) -> Option<bool> {
+    /// Removes the member; `Some((last session of its user here, its user))`, or `None` when
+    /// it was not a member. An empty room leaves the map.
+    fn remove_member(&self, handle: &SessionHandle, name: &RoomName) -> Option<(bool, Arc<str>)> {
         let room = self.room(name)?;
-        let (last_of_user, empty) = {
+        let (last_of_user, user, empty) = {
             let mut r = lock(&room);
-            r.members.remove(&handle.id)?;
-            let last_of_user = match r.users.get_mut(&handle.user) {
+            let user = r.members.remove(&handle.id)?.user;
+            let last_of_user = match r.users.get_mut(&user) {
                 Some(n) if *n > 1 => {
                     *n -= 1;
                     false
                 }
                 _ => {
-                    r.users.remove(&handle.user);
+                    r.users.remove(&user);
                     true
                 }
             };
-            (last_of_user, r.members.is_empty())
+            (last_of_user, user, r.members.is_empty())
         };
         if empty {
             let mut rooms = self.write_rooms();
@@ -483,7 +503,7 @@ impl Hub {
                 rooms.remove(name);
             }
         }
-        Some(last_of_user)
+        Some((last_of_user, user))
     }
 
     /// Publishes into a room through the broker; returns the message's offset.
@@ -538,6 +558,7 @@ impl Hub {
 struct Joining<'a> {
     hub: &'a Hub,
     handle: &'a SessionHandle,
+    user: &'a Arc<str>,
     room: &'a RoomName,
     subscribed: bool,
     /// `Some` for the user's first session here: whether the broker recorded its presence.
@@ -550,9 +571,9 @@ impl Drop for Joining<'_> {
         if self.done {
             return;
         }
-        let last_of_user = self.hub.remove_member(self.handle, self.room);
-        if self.presence == Some(true) && last_of_user == Some(true) {
-            self.hub.broker.presence_leave(self.room, &self.handle.user);
+        let removed = self.hub.remove_member(self.handle, self.room);
+        if self.presence == Some(true) && removed.is_some_and(|(last, _)| last) {
+            self.hub.broker.presence_leave(self.room, self.user);
         }
         if self.subscribed {
             self.hub.broker.unsubscribe(self.room);

@@ -22,7 +22,10 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::broker::Publication;
-use crate::protocol::{to_json, ClientMsg, ErrorCode, RequestId, RoomName, ServerMsg};
+use crate::hub::{JoinedRoom, PresenceNotice};
+use crate::protocol::{
+    to_json, ClientMsg, ErrorCode, PresenceEvent, RequestId, RoomName, ServerMsg,
+};
 use crate::pusher::channel::{channel_of, Channel, ChannelKind};
 use crate::pusher::{sign, PusherApp};
 use crate::sanitize::{json_depth, sanitize_value, MAX_DEPTH};
@@ -133,6 +136,52 @@ struct SubscribeData {
     channel: String,
     #[serde(default)]
     auth: Option<String>,
+    #[serde(default)]
+    channel_data: Option<String>,
+}
+
+/// A presence channel's `channel_data`, as signed by the app's auth endpoint.
+#[derive(Deserialize)]
+struct ChannelData {
+    user_id: Value,
+    #[serde(default)]
+    user_info: Option<Value>,
+}
+
+/// Longest presence `user_id`.
+const MAX_USER_ID_CHARS: usize = 128;
+
+/// A presence member as the hub counts it: `<user id>\n<user_info JSON>`. The id is the
+/// `user_id` as text, so `1` and `"1"` are one user; the info travels with it, so every node
+/// can tell every member who arrived.
+pub fn member_key(data: &str) -> Option<Arc<str>> {
+    let parsed: ChannelData = serde_json::from_str(data).ok()?;
+    let id = match &parsed.user_id {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    if id.is_empty() || id.chars().count() > MAX_USER_ID_CHARS || id.chars().any(char::is_control) {
+        return None;
+    }
+    let mut info = parsed.user_info.unwrap_or(Value::Null);
+    sanitize_value(&mut info);
+    Some(Arc::from(format!("{id}\n{}", to_json(&info).ok()?)))
+}
+
+/// A member key's `user_id` as Pusher clients get it (a number when it is one: Laravel's ids
+/// are) and its `user_info`.
+fn member_parts(key: &str) -> (Value, Value) {
+    let (id, info) = key.split_once('\n').unwrap_or((key, "null"));
+    let numeric = !id.is_empty()
+        && id.len() <= 15
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && (id == "0" || !id.starts_with('0'));
+    let id_value = match id.parse::<u64>() {
+        Ok(n) if numeric => Value::from(n),
+        _ => Value::String(id.to_string()),
+    };
+    (id_value, serde_json::from_str(info).unwrap_or(Value::Null))
 }
 
 /// `pusher:unsubscribe`'s data.
@@ -146,9 +195,28 @@ struct UnsubscribeData {
 pub struct PusherWire {
     pub app: Arc<PusherApp>,
     pub socket_id: Arc<str>,
+    /// The member key this socket subscribed to each presence channel under.
+    presence: Vec<(String, Arc<str>)>,
 }
 
 impl PusherWire {
+    pub fn new(app: Arc<PusherApp>, socket_id: Arc<str>) -> Self {
+        PusherWire {
+            app,
+            socket_id,
+            presence: Vec::new(),
+        }
+    }
+
+    /// Who this socket is in `room` when that is a presence channel it subscribed to.
+    pub fn member_of(&self, room: &RoomName) -> Option<Arc<str>> {
+        let channel = channel_of(room, &self.app.id)?;
+        self.presence
+            .iter()
+            .find(|(c, _)| c == channel)
+            .map(|(_, key)| key.clone())
+    }
+
     /// `pusher:connection_established`: the first frame of every socket.
     pub fn connection_established(&self) -> Utf8Bytes {
         let data = json!({
@@ -159,7 +227,7 @@ impl PusherWire {
     }
 
     /// Decodes one client text frame. Size, UTF-8 and binary frames were checked before.
-    pub fn decode(&self, text: &str) -> Decoded {
+    pub fn decode(&mut self, text: &str) -> Decoded {
         let bad = |message| Decoded::Refuse {
             id: None,
             code: ErrorCode::BadRequest,
@@ -184,6 +252,7 @@ impl PusherWire {
                 let Ok(channel) = Channel::parse(&data.channel) else {
                     return Decoded::Ignore;
                 };
+                self.presence.retain(|(c, _)| *c != channel.name);
                 Decoded::Command(ClientMsg::Leave {
                     room: channel.room(&self.app.id),
                     id: Some(Tag::make(Op::Unsubscribe, &channel.name)),
@@ -196,7 +265,7 @@ impl PusherWire {
         }
     }
 
-    fn subscribe(&self, data: Option<&RawValue>) -> Decoded {
+    fn subscribe(&mut self, data: Option<&RawValue>) -> Decoded {
         let Some(data) = data.and_then(parse_data::<SubscribeData>) else {
             return Decoded::Refuse {
                 id: None,
@@ -217,19 +286,48 @@ impl PusherWire {
         match channel.kind {
             ChannelKind::Public | ChannelKind::Cache => {}
             ChannelKind::Private | ChannelKind::PrivateEncrypted => {
+                // Signed over channel_data too when the client sends one (an SDK asked for
+                // a private channel's auth with user data does).
                 let ok = data.auth.as_deref().is_some_and(|auth| {
-                    sign::channel_auth_ok(&self.app, auth, &self.socket_id, &channel.name, None)
+                    sign::channel_auth_ok(
+                        &self.app,
+                        auth,
+                        &self.socket_id,
+                        &channel.name,
+                        data.channel_data.as_deref(),
+                    )
                 });
                 if !ok {
                     return refuse(ErrorCode::Forbidden, "invalid or missing auth signature");
                 }
             }
-            ChannelKind::Presence | ChannelKind::ServerToUser => {
-                return refuse(
-                    ErrorCode::Forbidden,
-                    "this gateway does not serve this channel type yet",
-                )
+            ChannelKind::Presence => {
+                let (Some(auth), Some(channel_data)) = (&data.auth, &data.channel_data) else {
+                    return refuse(
+                        ErrorCode::Forbidden,
+                        "presence channels need auth and channel_data",
+                    );
+                };
+                let signed = sign::channel_auth_ok(
+                    &self.app,
+                    auth,
+                    &self.socket_id,
+                    &channel.name,
+                    Some(channel_data),
+                );
+                if !signed {
+                    return refuse(ErrorCode::Forbidden, "invalid auth signature");
+                }
+                let Some(key) = member_key(channel_data) else {
+                    return refuse(
+                        ErrorCode::BadRequest,
+                        "channel_data needs a user_id (a string or a number)",
+                    );
+                };
+                self.presence.retain(|(c, _)| *c != channel.name);
+                self.presence.push((channel.name.clone(), key));
             }
+            ChannelKind::ServerToUser => return refuse(ErrorCode::Forbidden, "sign in first"),
         }
         Decoded::Command(ClientMsg::Join {
             room: channel.room(&self.app.id),
@@ -271,11 +369,14 @@ impl PusherWire {
         if let std::borrow::Cow::Owned(clean) = crate::sanitize::clean_str(&event) {
             event = clean;
         }
-        Decoded::Command(ClientMsg::Publish {
-            room: parsed.room(&self.app.id),
-            data: json!({ "event": event, "data": value }),
-            id,
-        })
+        let room = parsed.room(&self.app.id);
+        let mut data = json!({ "event": event, "data": value });
+        if parsed.kind == ChannelKind::Presence {
+            if let Some(key) = self.member_of(&room) {
+                data["user_id"] = member_parts(&key).0;
+            }
+        }
+        Decoded::Command(ClientMsg::Publish { room, data, id })
     }
 
     /// The Pusher frame for a reply of the session, or `None` when Pusher has no answer for
@@ -309,14 +410,50 @@ impl PusherWire {
         }
     }
 
-    /// `pusher_internal:subscription_succeeded` for a room this socket joined.
-    pub fn joined(&self, room: &RoomName) -> Option<Utf8Bytes> {
-        let channel = channel_of(room, &self.app.id)?;
+    /// `pusher_internal:subscription_succeeded` for a room this socket joined; on a presence
+    /// channel with its members (`ids`, `hash`, `count`).
+    pub fn joined(&self, joined: &JoinedRoom) -> Option<Utf8Bytes> {
+        let channel = channel_of(&joined.room, &self.app.id)?;
+        let data = if is_presence(channel) {
+            let mut ids = Vec::with_capacity(joined.members.len());
+            let mut hash = serde_json::Map::with_capacity(joined.members.len());
+            for key in &joined.members {
+                let (id, info) = member_parts(key);
+                let name = match &id {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                hash.insert(name, info);
+                ids.push(id);
+            }
+            let count = joined.members_total.unwrap_or(joined.members.len());
+            json!({ "presence": { "ids": ids, "hash": hash, "count": count } }).to_string()
+        } else {
+            "{}".to_string()
+        };
         Some(event_frame(
             "pusher_internal:subscription_succeeded",
             Some(channel),
-            "{}",
+            &data,
         ))
+    }
+
+    /// `pusher_internal:member_added` / `member_removed` on presence channels; nothing on
+    /// the others (the hub counts their sockets, Pusher shows no one).
+    pub fn presence(&self, notice: &PresenceNotice) -> Option<Utf8Bytes> {
+        let channel = channel_of(&notice.room, &self.app.id)?;
+        if !is_presence(channel) {
+            return None;
+        }
+        let (id, info) = member_parts(&notice.change.user);
+        let (event, data) = match notice.change.event {
+            PresenceEvent::Join => (
+                "pusher_internal:member_added",
+                json!({ "user_id": id, "user_info": info }),
+            ),
+            PresenceEvent::Leave => ("pusher_internal:member_removed", json!({ "user_id": id })),
+        };
+        Some(event_frame(event, Some(channel), &data.to_string()))
     }
 
     /// A publication of one of this app's channels, framed once and shared.
@@ -360,6 +497,10 @@ fn publication_frame(stored: &str) -> Option<Utf8Bytes> {
     }
     out.push('}');
     Some(Utf8Bytes::from(out))
+}
+
+fn is_presence(channel: &str) -> bool {
+    channel.starts_with("presence-")
 }
 
 fn parse_data<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Option<T> {

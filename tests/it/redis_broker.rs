@@ -10,14 +10,14 @@ use crate::hub::{metric, wait_metric};
 use crate::support::{Closed, Gateway, WAIT};
 
 /// A private redis-server that a test may SIGKILL and start again on the same port.
-struct Redis {
+pub(crate) struct Redis {
     child: Option<tokio::process::Child>,
     port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Redis {
-    async fn start() -> Redis {
+    pub(crate) async fn start() -> Redis {
         let mut r = Redis {
             child: None,
             port: 0,
@@ -67,7 +67,7 @@ impl Redis {
         false
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 

@@ -7,19 +7,21 @@ import PusherServer from "pusher";
 export const env = {
   host: process.env.WSGATE_HOST ?? "localhost",
   port: Number(process.env.WSGATE_PORT),
+  /** A second gateway of the same cluster, when the test runs two (else the first). */
+  port2: Number(process.env.WSGATE_PORT2 || process.env.WSGATE_PORT),
   appId: process.env.PUSHER_APP_ID,
   key: process.env.PUSHER_KEY,
   secret: process.env.PUSHER_SECRET,
 };
 
-/** How long any single expected event may take. */
-export const WAIT_MS = 10_000;
+/** How long any single expected event may take (a busy machine included). */
+export const WAIT_MS = 30_000;
 
 export function client(options = {}) {
   return new PusherClient(options.key ?? env.key, {
     cluster: "wsgate",
     wsHost: env.host,
-    wssPort: env.port,
+    wssPort: options.port ?? env.port,
     forceTLS: true,
     enabledTransports: ["ws", "wss"],
     disableStats: true,
@@ -65,4 +67,32 @@ export function run(main) {
       process.exit(1);
     },
   );
+}
+
+/**
+ * A pusher-js client whose channel auth comes from the `pusher` SDK (what an app's
+ * /broadcasting/auth endpoint does), as `user` on presence channels; `badAuth` signs with
+ * another secret.
+ */
+export function authedClient({ user, badAuth = false, port } = {}) {
+  const signer = badAuth ? server({ secret: "another-secret-0123456789abcdef0123456" }) : server();
+  return client({
+    port,
+    channelAuthorization: {
+      customHandler: ({ socketId, channelName }, callback) => {
+        try {
+          callback(null, signer.authorizeChannel(socketId, channelName, user));
+        } catch (e) {
+          callback(e, null);
+        }
+      },
+    },
+  });
+}
+
+/** Subscribes and waits for the subscription to succeed; returns the channel. */
+export async function subscribed(pusher, name) {
+  const channel = pusher.subscribe(name);
+  await next(channel, "pusher:subscription_succeeded", `subscription to ${name}`);
+  return channel;
 }
