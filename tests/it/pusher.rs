@@ -446,3 +446,41 @@ fn assert_private_and_presence(r: &Value) {
     assert_eq!(r["added"], 1, "{r}");
     assert_eq!(r["removed"], 1, "{r}");
 }
+
+#[tokio::test]
+async fn client_events_past_the_rate_limit_get_4301_and_shutdown_closes_with_4200() {
+    let gw = Gateway::start_with(|s| {
+        with_app(s);
+        s.rate_limit(1, 2);
+    })
+    .await;
+    let mut c = gw
+        .open(socket_request(&gw, "/app/app-key?protocol=7", Some(ORIGIN)))
+        .await
+        .expect("accepted");
+    let hello = recv_event(&mut c).await;
+    let socket_id = hello["data"]["socket_id"].as_str().expect("socket_id");
+    let signature =
+        wsgate::pusher::sign::hmac_hex(SECRET.as_bytes(), &format!("{socket_id}:private-a"));
+    c.send(json!({"event":"pusher:subscribe",
+        "data":{"channel":"private-a","auth":format!("{KEY}:{signature}")}}))
+        .await;
+    let ok = recv_event(&mut c).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    // A burst of 2: the third whisper in a row is refused with 4301, the socket stays open.
+    for n in 0..3 {
+        c.send(json!({"event":"client-n","channel":"private-a","data":{"n":n}}))
+            .await;
+    }
+    let err = recv_event(&mut c).await;
+    assert_eq!(err["event"], "pusher:error", "{err}");
+    assert_eq!(err["data"]["code"], 4301, "{err}");
+    c.send(json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(recv_event(&mut c).await["event"], "pusher:pong");
+    // Shutdown: Pusher's "reconnect" close, 4200.
+    gw.signal("TERM");
+    assert_eq!(c.closed().await, Closed::Code(4200));
+}
