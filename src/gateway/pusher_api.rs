@@ -5,6 +5,8 @@
 //! |---|---|
 //! | `POST /apps/{id}/events` `{"name","data","channels"|"channel","socket_id"?}` | 200 `{}` |
 //! | `POST /apps/{id}/batch_events` `{"batch":[{"name","data","channel","socket_id"?}]}` | 200 `{"batch":[{},…]}` |
+//! | `GET /apps/{id}/channels[?filter_by_prefix=…&info=user_count]` | 200 `{"channels":{name:{…}}}`: channels with subscribers |
+//! | `GET /apps/{id}/channels/{name}[?info=user_count,subscription_count]` | 200 `{"occupied":…,…}` |
 //!
 //! Order of the checks: unknown app 404 (before any signature work), body over
 //! [`MAX_BODY_BYTES`] 413, signature ([`sign::verify_request`]) 401, then the request itself:
@@ -26,7 +28,7 @@ use tracing::{info, warn};
 use crate::auth::unix_now;
 use crate::broker::Origin;
 use crate::live::Shared;
-use crate::pusher::channel::Channel;
+use crate::pusher::channel::{split_room, Channel, ChannelKind};
 use crate::pusher::wire::MAX_EVENT_DATA_BYTES;
 use crate::pusher::{parse_socket_id, sign, PusherApp};
 
@@ -99,8 +101,100 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Value, A
             }
             Ok(json!({ "batch": vec![json!({}); n] }))
         }
+        (&Method::GET, "channels") => channels(shared, &app, &params).await,
+        (&Method::GET, route) if route.starts_with("channels/") => {
+            let name = percent_encoding::percent_decode_str(&route["channels/".len()..])
+                .decode_utf8_lossy()
+                .into_owned();
+            channel_info(shared, &app, &name, &params).await
+        }
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
     }
+}
+
+/// The app's channels with members anywhere in the cluster: `(channel, users, sockets)`.
+async fn occupied(
+    shared: &Arc<Shared>,
+    app: &PusherApp,
+) -> Result<Vec<(String, usize, usize)>, ApiError> {
+    let rooms = shared.hub.broker().rooms().await.map_err(|e| {
+        warn!(app = %app.id, error = %e, "pusher api channel query failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable; retry later")
+    })?;
+    Ok(rooms
+        .into_iter()
+        .filter_map(|r| {
+            let (id, channel) = split_room(&r.room)?;
+            (id == &*app.id).then(|| (channel.to_string(), r.members, r.connections))
+        })
+        .collect())
+}
+
+/// The `info` attributes asked for (`user_count`, `subscription_count`).
+fn info_wanted(params: &[(String, String)], attribute: &str) -> bool {
+    params
+        .iter()
+        .filter(|(k, _)| k == "info")
+        .any(|(_, v)| v.split(',').any(|a| a.trim() == attribute))
+}
+
+/// `GET /apps/{id}/channels[?filter_by_prefix=…&info=user_count]`.
+async fn channels(
+    shared: &Arc<Shared>,
+    app: &PusherApp,
+    params: &[(String, String)],
+) -> Result<Value, ApiError> {
+    let prefix = params
+        .iter()
+        .find(|(k, _)| k == "filter_by_prefix")
+        .map_or("", |(_, v)| v.as_str());
+    let user_count = info_wanted(params, "user_count");
+    if user_count && !prefix.starts_with("presence-") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "info=user_count needs filter_by_prefix=presence-",
+        ));
+    }
+    let mut out = serde_json::Map::new();
+    for (channel, users, _) in occupied(shared, app).await? {
+        if channel.starts_with(prefix) {
+            let info = match user_count {
+                true => json!({ "user_count": users }),
+                false => json!({}),
+            };
+            out.insert(channel, info);
+        }
+    }
+    Ok(json!({ "channels": out }))
+}
+
+/// `GET /apps/{id}/channels/{name}[?info=user_count,subscription_count]`.
+async fn channel_info(
+    shared: &Arc<Shared>,
+    app: &PusherApp,
+    name: &str,
+    params: &[(String, String)],
+) -> Result<Value, ApiError> {
+    let channel = Channel::parse(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let found = occupied(shared, app)
+        .await?
+        .into_iter()
+        .find(|(c, _, _)| *c == channel.name);
+    let (users, sockets) = found.map_or((0, 0), |(_, u, s)| (u, s));
+    let mut out = json!({ "occupied": sockets > 0 });
+    if info_wanted(params, "user_count") {
+        if channel.kind != ChannelKind::Presence {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "user_count is only for presence channels",
+            ));
+        }
+        out["user_count"] = json!(users);
+    }
+    if info_wanted(params, "subscription_count") {
+        out["subscription_count"] = json!(sockets);
+    }
+    Ok(out)
 }
 
 /// One event to trigger.

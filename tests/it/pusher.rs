@@ -138,6 +138,17 @@ async fn pusher_js_receives_events_triggered_through_the_http_api() {
         json!([{"n": 1, "text": "héllo"}, {"n": 3}]),
         "{result}"
     );
+    assert_eq!(
+        result["info"],
+        json!({"occupied": true, "subscription_count": 1}),
+        "{result}"
+    );
+    assert_eq!(
+        result["list"],
+        json!({"channels": {"news": {}}}),
+        "{result}"
+    );
+    assert_eq!(result["empty"], json!({"occupied": false}), "{result}");
 }
 
 #[tokio::test]

@@ -23,6 +23,12 @@ run(async () => {
   const batch = next(channel, "batched", "the batch event");
   await api.triggerBatch([{ channel: "news", name: "batched", data: { n: 4 } }]);
   await batch;
+  // Channel information through the HTTP API.
+  const info = await (
+    await api.get({ path: "/channels/news", params: { info: "subscription_count" } })
+  ).json();
+  const list = await (await api.get({ path: "/channels" })).json();
+  const empty = await (await api.get({ path: "/channels/nobody-here" })).json();
   pusher.disconnect();
-  return { socketId, received };
+  return { socketId, received, info, list, empty };
 });
