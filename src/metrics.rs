@@ -298,6 +298,7 @@ impl Metrics {
         registry.register_collector(Box::new(ProcessCollector {
             start: process_start_time(),
         }));
+        registry.register_collector(Box::new(RuntimeCollector));
         Metrics {
             registry,
             connections,
@@ -511,6 +512,31 @@ impl prometheus_client::collector::Collector for ProcessCollector {
     }
 }
 
+/// `wsgate_runtime_tasks`: tasks alive on the runtime that serves the scrape (the gateway's
+/// one runtime), read at scrape time. Every session, handshake and listener is a task, so a
+/// count that does not come back down after load is a leak.
+#[derive(Debug)]
+struct RuntimeCollector;
+
+impl prometheus_client::collector::Collector for RuntimeCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return Ok(());
+        };
+        let m = ConstGauge::new(handle.metrics().num_alive_tasks() as i64);
+        m.encode(encoder.encode_descriptor(
+            "wsgate_runtime_tasks",
+            "Tasks alive on the gateway's runtime (sessions, handshakes, listeners, timers)",
+            None,
+            m.metric_type(),
+        )?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,5 +559,35 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn runtime_tasks_count_the_tasks_alive() {
+        let m = Metrics::new();
+        let tasks = |text: &str| -> i64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("wsgate_runtime_tasks "))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no wsgate_runtime_tasks in {text}"))
+        };
+        let before = tasks(&m.encode());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let held: Vec<_> = (0..5)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move { stop.cancelled().await })
+            })
+            .collect();
+        assert_eq!(tasks(&m.encode()), before + 5);
+        stop.cancel();
+        for t in held {
+            t.await.expect("task");
+        }
+        assert_eq!(tasks(&m.encode()), before);
+    }
+
+    #[test]
+    fn runtime_tasks_are_absent_outside_a_runtime() {
+        assert!(!Metrics::new().encode().contains("wsgate_runtime_tasks"));
     }
 }

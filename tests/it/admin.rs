@@ -664,6 +664,33 @@ async fn metrics_are_valid_prometheus_text_and_count_what_happened() {
     );
 }
 
+/// `wsgate_runtime_tasks` counts the runtime's live tasks: each open session adds at least
+/// one, and once the sessions are gone the count is back where it started (nothing left
+/// behind by a closed connection).
+#[tokio::test]
+async fn runtime_tasks_follow_connections_and_come_back_down() {
+    let gw = Gateway::start().await;
+    let before = metric(&gw, "wsgate_runtime_tasks").await;
+    assert!(before >= 1.0, "the listeners are tasks: {before}");
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let mut c = gw.connect(&format!("u{i}")).await;
+        c.join("r").await;
+        clients.push(c);
+    }
+    wait_metric(&gw, "wsgate_connections", |v| v == 10.0).await;
+    let during = metric(&gw, "wsgate_runtime_tasks").await;
+    assert!(
+        during >= before + 10.0,
+        "10 sessions but tasks went {before} -> {during}"
+    );
+    for c in clients {
+        c.close_and_wait_gone().await;
+    }
+    wait_metric(&gw, "wsgate_connections", |v| v == 0.0).await;
+    wait_metric(&gw, "wsgate_runtime_tasks", |v| v <= before).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // SIGHUP
 // ---------------------------------------------------------------------------------------------

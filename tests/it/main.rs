@@ -9,6 +9,7 @@ mod ops;
 mod proxy;
 mod pusher;
 mod redis_broker;
+mod redis_server;
 mod session;
 mod smoke;
 mod support;

@@ -407,7 +407,7 @@ async fn private_and_presence_channels_work_with_sdk_signed_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_and_whispers_span_the_nodes_of_a_cluster() {
-    let redis = crate::redis_broker::Redis::start().await;
+    let redis = crate::redis_server::Redis::start().await;
     let node = |name: &'static str, certs: Option<PathBuf>| {
         let url = redis.url();
         Gateway::start_with(move |s| {

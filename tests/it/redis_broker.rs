@@ -9,78 +9,16 @@ use serde_json::{json, Value};
 use crate::hub::{metric, wait_metric};
 use crate::support::{Closed, Gateway, WAIT};
 
-/// A private redis-server that a test may SIGKILL and start again on the same port.
-pub(crate) struct Redis {
-    child: Option<tokio::process::Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    pub(crate) async fn start() -> Redis {
-        let mut r = Redis {
-            child: None,
-            port: 0,
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        for _ in 0..10 {
-            r.port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            if r.spawn().await {
-                return r;
-            }
-        }
-        panic!("could not start redis-server");
-    }
-
-    async fn spawn(&mut self) -> bool {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return true;
-            }
-            if let Some(c) = &mut self.child {
-                if c.try_wait().ok().flatten().is_some() {
-                    return false;
-                }
-            }
-            // A starting redis-server has no readiness signal but its port.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
-    }
-}
+use crate::redis_server::{cluster_url, redis_cluster, Redis};
 
 async fn node(redis: &Redis, name: &str, node_ttl: &str) -> Gateway {
+    node_on(redis.url(), name, node_ttl).await
+}
+
+/// A gateway node on `url`: one Redis, or every master of a Redis Cluster.
+async fn node_on(url: String, name: &str, node_ttl: &str) -> Gateway {
     Gateway::start_with(|s| {
-        s.set("cluster", "redis_url", json!(redis.url()))
+        s.set("cluster", "redis_url", json!(url))
             .set("cluster", "node_name", json!(name))
             .set("cluster", "node_ttl", json!(node_ttl))
             .unlimited_rate();
@@ -200,7 +138,7 @@ async fn a_redis_outage_refuses_honestly_and_heals_by_itself() {
 
     // Back, empty: ready again by itself; the room's member is told to reconnect (its
     // epoch is gone), and new publishes work.
-    assert!(redis.spawn().await);
+    redis.restart().await;
     wait_readyz(&a, 200).await;
     assert_eq!(alice.closed().await, Closed::Code(1012));
     assert_eq!(metric(&a, "wsgate_cluster_redis_up").await, 1.0);
@@ -380,4 +318,90 @@ async fn rediss_urls_talk_tls_to_redis() {
         )
         .await;
     assert_eq!(bob.recv_type("message").await["data"], "over tls");
+}
+
+/// Three nodes, a publisher and a listener on each, all publishing at once: every listener
+/// gets every message once, offsets 1..N in order with no gap; a client arriving late on any
+/// node recovers exactly the tail it asks for.
+async fn concurrent_publishers_on_every_node(url: String) {
+    const EACH: u64 = 30;
+    let nodes = [
+        node_on(url.clone(), "gw-a", "15s").await,
+        node_on(url.clone(), "gw-b", "15s").await,
+        node_on(url, "gw-c", "15s").await,
+    ];
+    let mut listeners = Vec::new();
+    let mut publishers = Vec::new();
+    for (i, gw) in nodes.iter().enumerate() {
+        let mut l = gw.connect(&format!("listener-{i}")).await;
+        l.join("stream").await;
+        listeners.push(l);
+        let mut p = gw.connect(&format!("publisher-{i}")).await;
+        p.join("stream").await;
+        publishers.push(p);
+    }
+    let publish_all = |mut p: crate::support::Client| async move {
+        let mut offsets = Vec::new();
+        for n in 1..=EACH {
+            let ack = p
+                .request(json!({"type":"publish","room":"stream","data":{"n":n}}), n)
+                .await;
+            assert_eq!(ack["type"], "ack", "{ack}");
+            offsets.push(ack["offset"].as_u64().expect("offset"));
+        }
+        (p, offsets)
+    };
+    let mut ps = publishers.into_iter();
+    let (p0, p1, p2) = (ps.next().unwrap(), ps.next().unwrap(), ps.next().unwrap());
+    let ((_p0, a0), (_p1, a1), (_p2, a2)) =
+        tokio::join!(publish_all(p0), publish_all(p1), publish_all(p2));
+    let total = 3 * EACH;
+    let mut acked: Vec<u64> = [a0, a1, a2].concat();
+    acked.sort_unstable();
+    assert_eq!(
+        acked,
+        (1..=total).collect::<Vec<_>>(),
+        "acks hold every offset once"
+    );
+    let mut epoch = Value::Null;
+    for l in &mut listeners {
+        let mut got = Vec::new();
+        while got.len() < total as usize {
+            let m = l.recv_type("message").await;
+            epoch = m["epoch"].clone();
+            got.push(m["offset"].as_u64().expect("offset"));
+        }
+        assert_eq!(got, (1..=total).collect::<Vec<_>>(), "in order, once each");
+        l.assert_silent(Duration::from_millis(200)).await;
+    }
+    // Recovery on each node: the tail after offset `total - 5`, in order.
+    for (i, gw) in nodes.iter().enumerate() {
+        let mut late = gw.connect(&format!("late-{i}")).await;
+        let r = late
+            .request(
+                json!({"type":"join","room":"stream","since":{"epoch":epoch,"offset":total - 5}}),
+                1,
+            )
+            .await;
+        assert_eq!(
+            (&r["recovered"], &r["offset"]),
+            (&json!(true), &json!(total)),
+            "{r}"
+        );
+        for want in total - 4..=total {
+            assert_eq!(late.recv_type("message").await["offset"], want);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_three_nodes_reach_every_member_once_in_order() {
+    let redis = Redis::start().await;
+    concurrent_publishers_on_every_node(redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_three_nodes_behave_as_one_gateway() {
+    let cluster = redis_cluster().await;
+    concurrent_publishers_on_every_node(cluster_url(&cluster)).await;
 }

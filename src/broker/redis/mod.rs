@@ -738,6 +738,33 @@ impl RedisBroker {
         epoch: Option<&str>,
         after: u64,
     ) -> Result<StreamRead, BrokerError> {
+        let read = self
+            .run_read(
+                backend,
+                room,
+                ReadMode::Fill,
+                epoch.unwrap_or(""),
+                &after.to_string(),
+                0,
+            )
+            .await?;
+        Ok(StreamRead {
+            epoch: read.epoch,
+            offset: read.offset,
+            entries: read.entries,
+        })
+    }
+
+    /// The read script: the room's position and its stream after `after`, in `mode`.
+    async fn run_read(
+        &self,
+        backend: &Backend,
+        room: &RoomName,
+        mode: ReadMode,
+        epoch: &str,
+        after: &str,
+        presence_limit: usize,
+    ) -> Result<Read, BrokerError> {
         let keys = self.names.room(room);
         let mut conn = backend.cmd.clone();
         let mut invocation = self.scripts.read.prepare_invoke();
@@ -745,20 +772,14 @@ impl RedisBroker {
             .key(&keys.meta)
             .key(&keys.stream)
             .key(&keys.users)
-            .arg("fill")
+            .arg(mode.arg())
             .arg(new_epoch())
-            .arg(epoch.unwrap_or(""))
+            .arg(epoch)
             .arg(after)
-            .arg(0);
-        let v: Value = self
-            .call("read history", invocation.invoke_async(&mut conn))
-            .await?;
-        let read = decode_read(v).ok_or_else(|| unavailable("read history: unexpected reply"))?;
-        Ok(StreamRead {
-            epoch: read.epoch,
-            offset: read.offset,
-            entries: read.entries,
-        })
+            .arg(presence_limit);
+        let what = mode.what();
+        let v: Value = self.call(what, invocation.invoke_async(&mut conn)).await?;
+        decode_read(v).ok_or_else(|| unavailable(format!("{what}: unexpected reply")))
     }
 
     // ---- joining ----
@@ -770,22 +791,16 @@ impl RedisBroker {
     ) -> Result<Recovery, BrokerError> {
         let backend = self.backend()?;
         let settings = self.settings();
-        let keys = self.names.room(room);
-        let mut conn = backend.cmd.clone();
-        let mut invocation = self.scripts.read.prepare_invoke();
-        invocation
-            .key(&keys.meta)
-            .key(&keys.stream)
-            .key(&keys.users)
-            .arg("join")
-            .arg(new_epoch())
-            .arg(since.map_or("", |s| s.epoch.as_str()))
-            .arg(since.map_or(String::new(), |s| s.offset.to_string()))
-            .arg(settings.presence_limit);
-        let v: Value = self
-            .call("recover", invocation.invoke_async(&mut conn))
+        let read = self
+            .run_read(
+                &backend,
+                room,
+                ReadMode::Join,
+                since.map_or("", |s| s.epoch.as_str()),
+                &since.map_or(String::new(), |s| s.offset.to_string()),
+                settings.presence_limit,
+            )
             .await?;
-        let read = decode_read(v).ok_or_else(|| unavailable("recover: unexpected reply"))?;
         let epoch = read
             .epoch
             .ok_or_else(|| unavailable("recover: the room has no epoch"))?;
@@ -1233,6 +1248,30 @@ impl RedisBroker {
 }
 
 /// What the read script answered.
+/// What the read script is asked for: a join (may start a new epoch, reads presence) or a
+/// gap fill (creates nothing).
+#[derive(Clone, Copy)]
+enum ReadMode {
+    Join,
+    Fill,
+}
+
+impl ReadMode {
+    fn arg(self) -> &'static str {
+        match self {
+            ReadMode::Join => "join",
+            ReadMode::Fill => "fill",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            ReadMode::Join => "recover",
+            ReadMode::Fill => "read history",
+        }
+    }
+}
+
 struct Read {
     epoch: Option<Arc<str>>,
     offset: u64,

@@ -2,7 +2,6 @@
 //! the shared one on 6379): two brokers on one Redis are two gateway nodes, each with a
 //! recording handler in place of the hub.
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,87 +14,9 @@ use crate::protocol::PresenceEvent;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A private redis-server, killed on drop.
-struct Redis {
-    child: Option<tokio::process::Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let mut r = Redis {
-            child: None,
-            port: 0,
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        for _ in 0..10 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
-            r.port = port;
-            if r.spawn().await {
-                return r;
-            }
-        }
-        panic!("could not start redis-server");
-    }
-
-    /// Starts (again) on `self.port` with `self.dir`; false when it could not.
-    async fn spawn(&mut self) -> bool {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::time::Instant::now() < deadline {
-            if self.cmd(&["PING"]).await.is_ok() {
-                return true;
-            }
-            if let Some(c) = &mut self.child {
-                if c.try_wait().ok().flatten().is_some() {
-                    return false;
-                }
-            }
-            // A starting process has no readiness signal we can wait on here but its port.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
-    }
-
-    async fn restart(&mut self) {
-        assert!(self.spawn().await, "redis-server restart");
-    }
-
-    async fn cmd(&self, args: &[&str]) -> redis::RedisResult<Value> {
-        let client = redis::Client::open(self.url())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let mut c = redis::cmd(args[0]);
-        for a in &args[1..] {
-            c.arg(*a);
-        }
-        c.query_async(&mut conn).await
-    }
-}
+#[path = "../../../tests/it/redis_server.rs"]
+mod redis_server;
+use redis_server::Redis;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Event {
@@ -212,17 +133,25 @@ fn settings(history_size: usize) -> RoomSettings {
     }
 }
 
-async fn node(redis: &Redis, name: &str, history_size: usize, node_ttl: Duration) -> Node {
+/// A broker for `url` (one Redis, or a comma list of cluster masters), not yet connected.
+fn broker_for(
+    url: String,
+    name: &str,
+    history_size: usize,
+    node_ttl: Duration,
+) -> Arc<RedisBroker> {
+    // A cluster's first connection walks every master: give it more time than one Redis.
+    let redis_timeout = Duration::from_secs(if url.contains(',') { 2 } else { 1 });
     let cfg = crate::config::ClusterConfig {
-        redis_url: redis.url(),
+        redis_url: url,
         ..Default::default()
     };
-    let broker = RedisBroker::start(
+    RedisBroker::start(
         ClusterSettings {
             target: Target::new(cfg.redis_nodes().unwrap()),
             key_prefix: "t".into(),
             node_ttl,
-            redis_timeout: Duration::from_secs(1),
+            redis_timeout,
         },
         settings(history_size),
         NodeIdentity {
@@ -234,12 +163,21 @@ async fn node(redis: &Redis, name: &str, history_size: usize, node_ttl: Duration
             .cluster()
             .unwrap()
             .clone(),
-    );
+    )
+}
+
+/// A node on `url` with a recording handler, once it is ready.
+async fn node_at(url: String, name: &str, history_size: usize, node_ttl: Duration) -> Node {
+    let broker = broker_for(url, name, history_size, node_ttl);
     let rec = Arc::new(Recorder::default());
     let weak: Weak<dyn BrokerHandler> = Arc::downgrade(&(rec.clone() as Arc<dyn BrokerHandler>));
     broker.attach(weak);
     assert!(broker.wait_ready(WAIT).await, "{name} reaches Redis");
     Node { broker, rec }
+}
+
+async fn node(redis: &Redis, name: &str, history_size: usize, node_ttl: Duration) -> Node {
+    node_at(redis.url(), name, history_size, node_ttl).await
 }
 
 fn room(name: &str) -> RoomName {
@@ -598,118 +536,13 @@ async fn redis_restored_from_an_older_snapshot_never_lets_a_client_recover_acros
     assert!(!rec.recovered);
 }
 
-/// A 3-master Redis Cluster on free ports; killed on drop.
-async fn redis_cluster() -> Vec<Redis> {
-    let mut nodes = Vec::new();
-    while nodes.len() < 3 {
-        let mut r = Redis {
-            child: None,
-            port: 0,
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        // The cluster bus listens on port + 10000.
-        if port > 55_000 {
-            continue;
-        }
-        r.port = port;
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(r.dir.path())
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        r.child = Some(child);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while r.cmd(&["PING"]).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        nodes.push(r);
-    }
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let out = tokio::process::Command::new("redis-cli")
-        .arg("--cluster")
-        .arg("create")
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    for n in &nodes {
-        loop {
-            let info = n.cmd(&["CLUSTER", "INFO"]).await.unwrap();
-            let text = match info {
-                Value::BulkString(b) => String::from_utf8(b).unwrap(),
-                Value::VerbatimString { text, .. } => text,
-                other => format!("{other:?}"),
-            };
-            if text.contains("cluster_state:ok") {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{text}");
-            // Cluster gossip has no notification to wait on.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    nodes
-}
+use redis_server::redis_cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_redis_cluster_rooms_spread_over_shards_and_behave_the_same() {
     let nodes = redis_cluster().await;
-    let url = nodes.iter().map(Redis::url).collect::<Vec<_>>().join(",");
-    let start = |name: &'static str| {
-        let url = url.clone();
-        async move {
-            let cfg = crate::config::ClusterConfig {
-                redis_url: url,
-                ..Default::default()
-            };
-            let broker = RedisBroker::start(
-                ClusterSettings {
-                    target: Target::new(cfg.redis_nodes().unwrap()),
-                    key_prefix: "t".into(),
-                    node_ttl: Duration::from_secs(15),
-                    redis_timeout: Duration::from_secs(2),
-                },
-                settings(100),
-                NodeIdentity {
-                    name: name.into(),
-                    started_at: 1,
-                },
-                rand::random(),
-                crate::metrics::Metrics::for_cluster()
-                    .cluster()
-                    .unwrap()
-                    .clone(),
-            );
-            let rec = Arc::new(Recorder::default());
-            let weak: Weak<dyn BrokerHandler> =
-                Arc::downgrade(&(rec.clone() as Arc<dyn BrokerHandler>));
-            broker.attach(weak);
-            assert!(broker.wait_ready(WAIT).await, "{name} reaches the cluster");
-            Node { broker, rec }
-        }
-    };
+    let url = redis_server::cluster_url(&nodes);
+    let start = |name: &'static str| node_at(url.clone(), name, 100, Duration::from_secs(15));
     let a = start("a").await;
     let b = start("b").await;
     // Rooms whose hash tags land on different masters.
@@ -808,37 +641,10 @@ fn reply_text(v: Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_whose_slot_moves_to_another_master_keeps_flowing() {
     let nodes = redis_cluster().await;
-    let url = nodes.iter().map(Redis::url).collect::<Vec<_>>().join(",");
-    let cfg = crate::config::ClusterConfig {
-        redis_url: url,
-        ..Default::default()
-    };
+    let url = redis_server::cluster_url(&nodes);
     let mut brokers = Vec::new();
     for name in ["a", "b"] {
-        let broker = RedisBroker::start(
-            ClusterSettings {
-                target: Target::new(cfg.redis_nodes().unwrap()),
-                key_prefix: "t".into(),
-                node_ttl: Duration::from_secs(15),
-                redis_timeout: Duration::from_secs(2),
-            },
-            settings(100),
-            NodeIdentity {
-                name: name.into(),
-                started_at: 1,
-            },
-            rand::random(),
-            crate::metrics::Metrics::for_cluster()
-                .cluster()
-                .unwrap()
-                .clone(),
-        );
-        let rec = Arc::new(Recorder::default());
-        let weak: Weak<dyn BrokerHandler> =
-            Arc::downgrade(&(rec.clone() as Arc<dyn BrokerHandler>));
-        broker.attach(weak);
-        assert!(broker.wait_ready(WAIT).await);
-        brokers.push(Node { broker, rec });
+        brokers.push(node_at(url.clone(), name, 100, Duration::from_secs(15)).await);
     }
     let (a, b) = (&brokers[0], &brokers[1]);
     let r = room("moving");
@@ -919,28 +725,7 @@ async fn a_room_whose_slot_moves_to_another_master_keeps_flowing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_url_of_a_redis_cluster_node_is_refused_rather_than_half_working() {
     let nodes = redis_cluster().await;
-    let cfg = crate::config::ClusterConfig {
-        redis_url: nodes[0].url(),
-        ..Default::default()
-    };
-    let broker = RedisBroker::start(
-        ClusterSettings {
-            target: Target::new(cfg.redis_nodes().unwrap()),
-            key_prefix: "t".into(),
-            node_ttl: Duration::from_secs(15),
-            redis_timeout: Duration::from_secs(1),
-        },
-        settings(100),
-        NodeIdentity {
-            name: "x".into(),
-            started_at: 1,
-        },
-        rand::random(),
-        crate::metrics::Metrics::for_cluster()
-            .cluster()
-            .unwrap()
-            .clone(),
-    );
+    let broker = broker_for(nodes[0].url(), "x", 100, Duration::from_secs(15));
     let err = broker
         .connect(&mpsc::channel(1).0)
         .await

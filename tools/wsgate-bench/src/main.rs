@@ -14,6 +14,8 @@
 //! address. Raise them on the gateway under test, or the report shows `rate_limited` errors and
 //! refused connections.
 
+mod churn;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -41,7 +43,8 @@ use tokio_tungstenite::WebSocketStream;
     about = "Load-test a running wsgate (see BENCHMARKS.md)"
 )]
 pub struct BenchArgs {
-    /// Gateway WebSocket URL
+    /// Gateway WebSocket URL; several comma-separated URLs (nodes of one cluster) spread the
+    /// connections over them round-robin
     #[arg(long, default_value = "wss://localhost:8443/ws")]
     pub url: String,
     /// HS256 secret for the tokens (default: auth.hs_secret of --config)
@@ -96,8 +99,16 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// PID of a gateway on this machine: report its CPU time per delivery and its memory
+    /// (with --churn: its RSS and open fds, from /proc)
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Soak mode: connections open, join, publish, leave and close at a steady rate for
+    /// --duration (the --connect-rate ... --count-margin flags); JSON lines to stdout and
+    /// appended to --json
+    #[arg(long)]
+    pub churn: bool,
+    #[command(flatten)]
+    pub churn_opts: churn::ChurnArgs,
 }
 
 /// CPU seconds (user + system) and resident KiB of a local process, from /proc.
@@ -206,10 +217,15 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
-struct Target {
+/// One gateway node to connect to.
+struct Node {
     url: String,
     addr: SocketAddr,
     host: String,
+}
+
+struct Target {
+    nodes: Vec<Node>,
     tls: TlsConnector,
     origin: String,
     secret: Vec<u8>,
@@ -218,8 +234,20 @@ struct Target {
 
 impl Target {
     async fn connect(&self, idx: usize, sub: &str) -> Result<Ws, String> {
+        let tls = self.tls_only(idx).await?;
+        self.upgrade(idx, tls, sub).await
+    }
+
+    /// The node connection `idx` goes to (round-robin).
+    fn node(&self, idx: usize) -> &Node {
+        &self.nodes[idx % self.nodes.len()]
+    }
+
+    /// TCP and TLS, no HTTP yet.
+    async fn tls_only(&self, idx: usize) -> Result<TlsStream<TcpStream>, String> {
+        let node = self.node(idx);
         let tcp = if self.src_ips.is_empty() {
-            TcpStream::connect(self.addr).await
+            TcpStream::connect(node.addr).await
         } else {
             let ip = self.src_ips[idx % self.src_ips.len()];
             let sock = if ip.is_ipv4() {
@@ -230,17 +258,26 @@ impl Target {
             .map_err(|e| format!("socket: {e}"))?;
             sock.bind(SocketAddr::new(ip, 0))
                 .map_err(|e| format!("bind {ip}: {e}"))?;
-            sock.connect(self.addr).await
+            sock.connect(node.addr).await
         }
         .map_err(|e| format!("tcp: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let name =
-            ServerName::try_from(self.host.clone()).map_err(|e| format!("server name: {e}"))?;
-        let tls = self
-            .tls
+            ServerName::try_from(node.host.clone()).map_err(|e| format!("server name: {e}"))?;
+        self.tls
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("tls: {e}"))?;
+            .map_err(|e| format!("tls: {e}"))
+    }
+
+    /// The WebSocket upgrade with a fresh token for `sub`.
+    async fn upgrade(
+        &self,
+        idx: usize,
+        tls: TlsStream<TcpStream>,
+        sub: &str,
+    ) -> Result<Ws, String> {
+        let node = self.node(idx);
         let now = wsgate::auth::unix_now();
         let token = wsgate::auth::mint_hs256(
             &self.secret,
@@ -255,7 +292,7 @@ impl Target {
             },
         )
         .map_err(|e| format!("token: {e}"))?;
-        let mut req = self
+        let mut req = node
             .url
             .as_str()
             .into_client_request()
@@ -558,11 +595,23 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             cfg.auth.hs_secret()?
         }
     };
-    let (addr, host) = resolve(&args.url)?;
+    let nodes = args
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|url| {
+            let (addr, host) = resolve(url)?;
+            Ok(Node {
+                url: url.to_string(),
+                addr,
+                host,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!nodes.is_empty(), "--url names no gateway");
     let target = Arc::new(Target {
-        url: args.url.clone(),
-        addr,
-        host,
+        nodes,
         tls: tls_connector(&args)?,
         origin: args.origin.clone(),
         secret,
@@ -573,6 +622,14 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .transpose()?
             .unwrap_or_default(),
     });
+    if args.churn {
+        let pass = churn::run(&args, target).await?;
+        anyhow::ensure!(
+            pass,
+            "churn: messages lost or the gateway did not come back to its baseline (see the summary line)"
+        );
+        return Ok(());
+    }
     let sh = Arc::new(Shared {
         epoch: Instant::now(),
         subs_alive: AtomicU64::new(0),
