@@ -147,7 +147,7 @@ level = "info"
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
-    let phase = |p: &str| lines.iter().filter(move |l| l["phase"] == p);
+    let phase = |p: &'static str| lines.iter().filter(move |l| l["phase"] == p);
     assert_eq!(phase("baseline").count(), 1, "{lines:#?}");
     assert!(phase("load").count() >= 4, "one line a second: {lines:#?}");
     for l in phase("load") {
