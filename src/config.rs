@@ -71,6 +71,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
     pub log: LogConfig,
+    pub pusher: PusherConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -199,17 +200,18 @@ impl AuthConfig {
         if self.hs_secret_file.is_empty() {
             return Ok(self.hs_secret.as_bytes().to_vec());
         }
-        let mut secret = std::fs::read(&self.hs_secret_file).map_err(|e| {
-            ConfigError::invalid(
-                "auth.hs_secret_file",
-                format!("cannot read {}: {e}", self.hs_secret_file),
-            )
-        })?;
-        while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            secret.pop();
-        }
-        Ok(secret)
+        read_secret_file("auth.hs_secret_file", &self.hs_secret_file)
     }
+}
+
+/// A secret from a file, one trailing newline trimmed.
+fn read_secret_file(key: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
+    let mut secret = std::fs::read(path)
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read {path}: {e}")))?;
+    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        secret.pop();
+    }
+    Ok(secret)
 }
 
 /// One public key for asymmetric tokens, selected by the token header's `kid`.
@@ -393,6 +395,68 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[[pusher.apps]]`: the Pusher-compatible endpoints (CONTRACT §10). None: they answer 404.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PusherConfig {
+    pub apps: Vec<PusherAppConfig>,
+}
+
+/// One Pusher app: what a Pusher SDK calls `app_id`, `key` and `secret`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PusherAppConfig {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    pub secret_file: String,
+    /// Origins for this app's sockets; empty: `origin.allowed`.
+    pub allowed_origins: Vec<String>,
+    /// Accept sockets that send no Origin (pusher-js's Node build, mobile SDKs).
+    pub allow_missing_origin: bool,
+    /// `"members"`: `client-*` events on private and presence channels, by subscribers;
+    /// `"off"`: none.
+    pub client_events: String,
+    pub max_presence_members: usize,
+    /// Sent in `pusher:connection_established`: the client pings after this much silence.
+    #[serde(with = "humantime_serde")]
+    pub activity_timeout: Duration,
+}
+
+impl Default for PusherAppConfig {
+    fn default() -> Self {
+        PusherAppConfig {
+            id: String::new(),
+            key: String::new(),
+            secret: String::new(),
+            secret_file: String::new(),
+            allowed_origins: Vec::new(),
+            allow_missing_origin: false,
+            client_events: "members".into(),
+            max_presence_members: 100,
+            activity_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Characters of a Pusher app id and key: what the SDKs put in URL paths unescaped.
+fn pusher_name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+impl PusherAppConfig {
+    /// The secret: inline, or read from `secret_file` (one trailing newline trimmed).
+    pub fn secret(&self) -> Result<Vec<u8>, ConfigError> {
+        if self.secret_file.is_empty() {
+            return Ok(self.secret.as_bytes().to_vec());
+        }
+        read_secret_file("pusher.apps.secret_file", &self.secret_file)
+    }
+}
+
 /// Where the configuration comes from: a file and (normally) the process environment.
 pub struct Source<'a> {
     pub path: &'a Path,
@@ -573,6 +637,89 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        self.validate_pusher(listen)?;
+        Ok(())
+    }
+
+    /// `[[pusher.apps]]`: ids and keys unique and URL-safe, one secret each (long enough off
+    /// loopback, like the other secrets), known `client_events`, positive limits.
+    fn validate_pusher(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        let exposed = (!listen.ip().is_loopback()).then_some(("server.listen", listen));
+        let apps = &self.pusher.apps;
+        for (i, app) in apps.iter().enumerate() {
+            if !pusher_name_ok(&app.id) {
+                return Err(ConfigError::invalid(
+                    "pusher.apps.id",
+                    format!("app {}: 1 to 64 characters of A-Z a-z 0-9 _ - .", i + 1),
+                ));
+            }
+            if !pusher_name_ok(&app.key) {
+                return Err(ConfigError::invalid(
+                    "pusher.apps.key",
+                    format!("app {}: 1 to 64 characters of A-Z a-z 0-9 _ - .", app.id),
+                ));
+            }
+            if apps[..i].iter().any(|a| a.id == app.id) {
+                return Err(ConfigError::invalid(
+                    "pusher.apps.id",
+                    format!("{:?} is used by two apps", app.id),
+                ));
+            }
+            if apps[..i].iter().any(|a| a.key == app.key) {
+                return Err(ConfigError::invalid(
+                    "pusher.apps.key",
+                    format!("app {}: its key is used by another app", app.id),
+                ));
+            }
+            if !app.secret.is_empty() && !app.secret_file.is_empty() {
+                return Err(ConfigError::invalid(
+                    "pusher.apps.secret_file",
+                    format!("app {}: set either secret or secret_file, not both", app.id),
+                ));
+            }
+            let key = if app.secret_file.is_empty() {
+                "pusher.apps.secret"
+            } else {
+                "pusher.apps.secret_file"
+            };
+            let secret = app.secret()?;
+            if secret.is_empty() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "app {}: the secret must not be empty ({MAKE_SECRET})",
+                        app.id
+                    ),
+                ));
+            }
+            SecretValue {
+                key,
+                value: &secret,
+                len: secret.len(),
+                unit: "bytes",
+                min: MIN_HS_SECRET_BYTES,
+                example: DEFAULT_HS_SECRET,
+            }
+            .check(exposed)?;
+            if !matches!(app.client_events.as_str(), "members" | "off") {
+                return Err(ConfigError::invalid(
+                    "pusher.apps.client_events",
+                    format!("app {}: must be \"members\" or \"off\"", app.id),
+                ));
+            }
+            if app.max_presence_members == 0 {
+                return Err(ConfigError::invalid(
+                    "pusher.apps.max_presence_members",
+                    format!("app {}: must be at least 1", app.id),
+                ));
+            }
+            if app.activity_timeout < Duration::from_secs(1) {
+                return Err(ConfigError::invalid(
+                    "pusher.apps.activity_timeout",
+                    format!("app {}: must be at least 1s", app.id),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -676,6 +823,11 @@ impl Config {
         shown.admin.api_key = REDACTED.into();
         if !shown.cluster.redis_url.is_empty() {
             shown.cluster.redis_url = REDACTED.into();
+        }
+        for app in &mut shown.pusher.apps {
+            if !app.secret.is_empty() {
+                app.secret = REDACTED.into();
+            }
         }
         toml_string(&shown)
     }

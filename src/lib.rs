@@ -18,6 +18,7 @@
 //! 2. [`sanitize`] raw text → checked messages, [`origin`] the Origin allowlist, [`auth`] JWT →
 //!    identity, [`limits`] rate limits and connection permits, [`tls`] certificates,
 //!    [`broker`] streams, offsets, history and presence behind a trait.
+//!    [`pusher`] Pusher apps, channel names, signatures and frames.
 //! 3. [`hub`] rooms, members and local fan-out; [`live`] the settings a reload swaps (and the
 //!    semantic checks of the config).
 //! 4. [`gateway`]: the public listener, the pre-101 checks, one task per connection.
@@ -42,5 +43,6 @@ pub mod live;
 pub mod metrics;
 pub mod origin;
 pub mod protocol;
+pub mod pusher;
 pub mod sanitize;
 pub mod tls;

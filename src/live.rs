@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigError, LimitsConfig, ServerConfig};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
+use crate::pusher::PusherApps;
 
 /// Compiled live settings.
 #[derive(Debug)]
@@ -24,6 +25,8 @@ pub struct Live {
     pub leeway_secs: u64,
     /// `auth.cookie_name`, empty when cookies are not read.
     pub cookie_name: String,
+    /// `[[pusher.apps]]`: none means the Pusher endpoints answer 404.
+    pub pusher: PusherApps,
 }
 
 impl Live {
@@ -36,6 +39,7 @@ impl Live {
             message: e.to_string(),
         })?;
         let verifier = Verifier::from_config(&cfg.auth)?;
+        let pusher = PusherApps::from_config(&cfg.pusher, &cfg.origin)?;
         Ok(Live {
             origin,
             verifier,
@@ -43,6 +47,7 @@ impl Live {
             server: cfg.server.clone(),
             leeway_secs: cfg.auth.leeway.as_secs(),
             cookie_name: cfg.auth.cookie_name.clone(),
+            pusher,
         })
     }
 }

@@ -79,6 +79,25 @@ impl RoomName {
         Ok(RoomName(Arc::from(s)))
     }
 
+    /// A room no native client can name: the rooms of other wire protocols (their names
+    /// start with a character the native rules refuse, such as `#`). Only code that builds
+    /// such names from checked parts calls this.
+    pub fn internal(s: &str) -> RoomName {
+        RoomName(Arc::from(s))
+    }
+
+    /// A room name as stored by a broker (in Redis keys and messages): a native name or an
+    /// internal one (starting with `#`, no spaces or control characters).
+    pub fn from_stored(s: &str) -> Result<RoomName, &'static str> {
+        if s.starts_with('#') {
+            if s.len() > 512 || s.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err("bad internal room name");
+            }
+            return Ok(RoomName::internal(s));
+        }
+        RoomName::parse(s)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -20,7 +20,7 @@ pub mod redis;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -56,6 +56,9 @@ pub struct Publication {
     pub accepted: Instant,
     /// Live recipients that have not written it yet (see the hub's fan-out).
     pub pending: AtomicUsize,
+    /// The frame of another wire protocol (Pusher) for rooms of that protocol: built from
+    /// `frame` by the first recipient that writes it, then shared by the others.
+    pub wire_frame: OnceLock<Utf8Bytes>,
 }
 
 impl Publication {
@@ -67,6 +70,7 @@ impl Publication {
             origin,
             accepted: Instant::now(),
             pending: AtomicUsize::new(0),
+            wire_frame: OnceLock::new(),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::hub::{Hub, SessionPlace, UserAtCap};
 use crate::limits::{CapacityRefusal, ConnPermit, ConnectionCounter, HandshakeLimiter};
 use crate::live::Live;
 use crate::metrics::HandshakeResult;
-use crate::origin::OriginRefusal;
+use crate::origin::{OriginPolicy, OriginRefusal};
 
 /// The subprotocol the gateway speaks.
 pub const SUBPROTOCOL: &str = "wsgate.v1";
@@ -133,18 +133,30 @@ fn header_has_token(headers: &HeaderMap, name: &header::HeaderName, token: &str)
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Runs the checks in contract order.
-pub fn check<B>(req: &Request<B>, ip: IpAddr, gate: &Gate<'_>) -> Result<Admitted, Refusal> {
-    gate.rate
-        .check(ip)
+/// A request that passed the checks every WebSocket endpoint shares: per-IP rate, capacity
+/// and a valid upgrade.
+pub struct Upgrade {
+    pub permit: ConnPermit,
+    /// `Sec-WebSocket-Accept` value.
+    pub accept_key: String,
+}
+
+/// Per-IP handshake rate → capacity → upgrade validity: the first checks of every WebSocket
+/// endpoint (native and Pusher).
+pub fn check_upgrade<B>(
+    req: &Request<B>,
+    ip: IpAddr,
+    live: &Live,
+    rate: &HandshakeLimiter,
+    conns: &std::sync::Arc<ConnectionCounter>,
+) -> Result<Upgrade, Refusal> {
+    rate.check(ip)
         .map_err(|retry_after| Refusal::RateLimited { retry_after })?;
-    let limits = &gate.live.limits;
-    let permit = gate
-        .conns
+    let permit = conns
         .acquire(
             ip,
-            gate.live.server.max_connections,
-            limits.max_connections_per_ip,
+            live.server.max_connections,
+            live.limits.max_connections_per_ip,
         )
         .map_err(|e| match e {
             CapacityRefusal::Total => Refusal::Full,
@@ -175,13 +187,27 @@ pub fn check<B>(req: &Request<B>, ip: IpAddr, gate: &Gate<'_>) -> Result<Admitte
         .ok_or(Refusal::BadUpgrade(
             "Sec-WebSocket-Key missing or malformed",
         ))?;
-    gate.live
-        .origin
+    Ok(Upgrade {
+        permit,
+        accept_key: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+    })
+}
+
+/// The request's Origin against `policy`.
+pub fn check_origin(headers: &HeaderMap, policy: &OriginPolicy) -> Result<(), Refusal> {
+    policy
         .check(header_str(headers, &header::ORIGIN))
         .map_err(|e| match e {
             OriginRefusal::Missing => Refusal::OriginMissing,
             OriginRefusal::NotAllowed => Refusal::OriginNotAllowed,
-        })?;
+        })
+}
+
+/// Runs the native endpoint's checks in contract order.
+pub fn check<B>(req: &Request<B>, ip: IpAddr, gate: &Gate<'_>) -> Result<Admitted, Refusal> {
+    let upgrade = check_upgrade(req, ip, gate.live, gate.rate, gate.conns)?;
+    let headers = req.headers();
+    check_origin(headers, &gate.live.origin)?;
     let offered = offered_subprotocols(headers);
     let subprotocol = offered.contains(&SUBPROTOCOL);
     let token = find_token(req, &offered, &gate.live.cookie_name).map_err(Refusal::Token)?;
@@ -191,13 +217,13 @@ pub fn check<B>(req: &Request<B>, ip: IpAddr, gate: &Gate<'_>) -> Result<Admitte
     let identity = gate.live.verifier.verify(token).map_err(Refusal::Token)?;
     let place = gate
         .hub
-        .admit(&identity.user, limits.max_connections_per_user)
+        .admit(&identity.user, gate.live.limits.max_connections_per_user)
         .map_err(|UserAtCap| Refusal::FullForUser)?;
     Ok(Admitted {
         identity,
-        permit,
+        permit: upgrade.permit,
         place,
-        accept_key: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        accept_key: upgrade.accept_key,
         subprotocol,
     })
 }
@@ -268,19 +294,19 @@ fn find_token<'r, B>(
 }
 
 /// Headers for a `101 Switching Protocols`.
-pub fn switching_headers(admitted: &Admitted) -> Vec<(header::HeaderName, HeaderValue)> {
+pub fn switching_headers(
+    accept_key: &str,
+    subprotocol: Option<&'static str>,
+) -> Vec<(header::HeaderName, HeaderValue)> {
     let mut h = vec![
         (header::UPGRADE, HeaderValue::from_static("websocket")),
         (header::CONNECTION, HeaderValue::from_static("Upgrade")),
     ];
-    if let Ok(v) = HeaderValue::from_str(&admitted.accept_key) {
+    if let Ok(v) = HeaderValue::from_str(accept_key) {
         h.push((header::SEC_WEBSOCKET_ACCEPT, v));
     }
-    if admitted.subprotocol {
-        h.push((
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL),
-        ));
+    if let Some(p) = subprotocol {
+        h.push((header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p)));
     }
     h
 }

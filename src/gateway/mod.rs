@@ -4,5 +4,6 @@
 
 pub mod handshake;
 pub mod proxy_header;
+pub mod pusher_api;
 pub mod server;
 pub mod session;

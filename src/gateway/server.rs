@@ -42,12 +42,16 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::auth::{Identity, RoomAccess};
 use crate::gateway::handshake::{self, Gate};
 use crate::gateway::proxy_header::{self, TrustedProxies};
-use crate::gateway::session::{self, Accepted};
+use crate::gateway::pusher_api;
+use crate::gateway::session::{self, Accepted, Wire};
 use crate::limits::{ConnPermit, ConnectionCounter, HandshakeLimiter};
+use crate::live::Live;
 use crate::live::Shared;
 use crate::metrics::HandshakeResult;
+use crate::pusher::{self, wire::PusherWire};
 use crate::tls::ReloadableCert;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -246,17 +250,14 @@ impl Server {
             Ok(Err(e)) => return Err(EarlyEnd::Tls(e)),
             Err(_) => return Err(EarlyEnd::Timeout),
         };
-        let answered = Arc::new(AtomicBool::new(false));
+        // Told of every request's arrival; the first ends the deadline's reign.
+        let arrived = Arc::new(tokio::sync::Notify::new());
         let server = self.clone();
-        let flag = answered.clone();
+        let signal = arrived.clone();
         let svc = hyper::service::service_fn(move |req| {
             let server = server.clone();
-            let flag = flag.clone();
-            async move {
-                let resp = server.request(req, peer).await;
-                flag.store(true, Ordering::Relaxed);
-                Ok::<_, Infallible>(resp)
-            }
+            signal.notify_one();
+            async move { Ok::<_, Infallible>(server.request(req, peer).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -264,23 +265,40 @@ impl Server {
             .max_buf_size(64 * 1024)
             .serve_connection(TokioIo::new(tls), svc)
             .with_upgrades();
-        let ended = timeout_at(deadline, conn).await;
-        let answered = answered.load(Ordering::Relaxed);
+        tokio::pin!(conn);
+        // Until the first request's headers are in, `deadline` bounds the connection. From
+        // then on hyper's header timeout bounds each wait for a request's headers (the idle
+        // time between keep-alive requests included), and a request being served is never
+        // cut: an HTTP API client or a page loading files keeps its connection.
+        let first = tokio::select! {
+            r = &mut conn => Some(r),
+            _ = arrived.notified() => None,
+            _ = tokio::time::sleep_until(deadline) => return Err(EarlyEnd::Timeout),
+        };
+        let served = first.is_none();
+        let ended = match first {
+            Some(r) => r,
+            None => conn.await,
+        };
         match ended {
-            Ok(Ok(())) => Ok(()),
-            // hyper's header timeout is the same limit as ours, and may fire first.
-            Ok(Err(e)) if e.is_timeout() && !answered => Err(EarlyEnd::Timeout),
-            Ok(Err(e)) => Err(EarlyEnd::Http(e)),
-            // A connection that was answered (static files) just ran out of time.
-            Err(_) if answered => Ok(()),
-            Err(_) => Err(EarlyEnd::Timeout),
+            Ok(()) => Ok(()),
+            // Idle between requests past the header timeout: a normal end of keep-alive.
+            Err(e) if e.is_timeout() && served => Ok(()),
+            Err(e) if e.is_timeout() => Err(EarlyEnd::Timeout),
+            Err(e) => Err(EarlyEnd::Http(e)),
         }
     }
 
     async fn request(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let hsts = !loopback_request(&req);
-        let mut resp = if req.uri().path() == self.ws_path {
+        let pusher = !self.shared.live.load().pusher.is_empty();
+        let path = req.uri().path();
+        let mut resp = if path == self.ws_path {
             self.websocket(req, peer)
+        } else if pusher && path.starts_with("/app/") {
+            self.pusher_socket(req, peer)
+        } else if pusher && path.starts_with("/apps/") {
+            pusher_api::serve(&self.shared, req).await
         } else {
             match &self.static_dir {
                 Some(dir) => serve_static(dir, req).await,
@@ -296,7 +314,7 @@ impl Server {
         resp
     }
 
-    fn websocket(self: &Arc<Self>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    fn websocket(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let live = self.shared.live.load_full();
         let gate = Gate {
             live: &live,
@@ -304,50 +322,151 @@ impl Server {
             conns: &self.conns,
             hub: &self.shared.hub,
         };
-        let metrics = &self.shared.metrics;
         let admitted = match handshake::check(&req, peer.ip(), &gate) {
             Ok(a) => a,
-            Err(refusal) => {
-                metrics.handshake_refused(refusal.metric(), refusal.reason());
-                // The refused Origin is what an operator needs to fix `origin.allowed`; it is
-                // the client's text, so it is shortened (and escaped by the log formatter).
-                let origin = matches!(
-                    refusal,
-                    handshake::Refusal::OriginMissing | handshake::Refusal::OriginNotAllowed
-                )
-                .then(|| req.headers().get(header::ORIGIN))
-                .flatten()
-                .map(|v| shorten(&String::from_utf8_lossy(v.as_bytes()), LOGGED_ORIGIN_CHARS));
-                info!(peer = %peer.ip(), result = "refused", status = refusal.status().as_u16(), reason = refusal.reason(), detail = %refusal, origin = origin.as_deref(), "handshake");
-                let mut resp = plain(refusal.status(), &refusal.body());
-                let h = resp.headers_mut();
-                match &refusal {
-                    handshake::Refusal::RateLimited { retry_after } => {
-                        let secs = retry_after.as_secs().max(1);
-                        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                            h.insert(header::RETRY_AFTER, v);
-                        }
-                    }
-                    handshake::Refusal::UpgradeRequired(_) => {
-                        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                        h.insert(
-                            header::SEC_WEBSOCKET_VERSION,
-                            HeaderValue::from_static("13"),
-                        );
-                    }
-                    handshake::Refusal::Token(_) => {
-                        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                    }
-                    _ => {}
-                }
-                return resp;
+            Err(refusal) => return self.refused(&req, peer, refusal),
+        };
+        self.shared.metrics.handshake(HandshakeResult::Ok);
+        info!(peer = %peer.ip(), result = "ok", user = %admitted.identity.user, "handshake");
+        let shared = self.shared.clone();
+        let accepted = Accepted {
+            wire: Wire::Native,
+            identity: admitted.identity,
+            peer,
+            permit: admitted.permit,
+            place: admitted.place,
+        };
+        let subprotocol = admitted.subprotocol.then_some(handshake::SUBPROTOCOL);
+        self.switch(
+            req,
+            &live,
+            &admitted.accept_key,
+            subprotocol,
+            peer,
+            move |ws| session::run(ws, accepted, shared),
+        )
+    }
+
+    /// `GET /app/{key}?protocol=7`: a Pusher socket. Gated like the native endpoint up to the
+    /// Origin (the app's list); no token. An unknown key or protocol is told so after `101`,
+    /// as Pusher clients expect (`pusher:error`, then close 4001 or 4007).
+    fn pusher_socket(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let live = self.shared.live.load_full();
+        let key = req.uri().path().trim_start_matches("/app/");
+        let app = live.pusher.by_key(key).cloned();
+        let checked = handshake::check_upgrade(&req, peer.ip(), &live, &self.rate, &self.conns)
+            .and_then(|upgrade| {
+                let policy = app.as_ref().map_or(&live.origin, |a| &a.origin);
+                handshake::check_origin(req.headers(), policy).map(|()| upgrade)
+            });
+        let upgrade = match checked {
+            Ok(u) => u,
+            Err(refusal) => return self.refused(&req, peer, refusal),
+        };
+        self.shared.metrics.handshake(HandshakeResult::Ok);
+        let protocol = pusher_protocol(req.uri().query());
+        let app = match (app, protocol) {
+            (Some(app), Some(_)) => app,
+            (app, _) => {
+                let (code, message) = match app {
+                    None => (
+                        pusher::wire::code::APP_UNKNOWN,
+                        "App key not in this cluster",
+                    ),
+                    Some(_) => (pusher::wire::code::PROTOCOL, "Unsupported protocol version"),
+                };
+                info!(peer = %peer.ip(), result = "ok", protocol = "pusher", refused = code, "handshake");
+                let permit = upgrade.permit;
+                return self.switch(req, &live, &upgrade.accept_key, None, peer, move |ws| {
+                    refuse_pusher_socket(ws, permit, code, message)
+                });
             }
         };
-        metrics.handshake(HandshakeResult::Ok);
-        info!(peer = %peer.ip(), result = "ok", user = %admitted.identity.user, "handshake");
+        let hub = &self.shared.hub;
+        let node = hub.node();
+        let place =
+            hub.admit_unnamed(|id| Arc::from(format!("@pusher:{}", pusher::socket_id(node, id))));
+        let socket_id: Arc<str> = Arc::from(pusher::socket_id(node, place.id()));
+        info!(peer = %peer.ip(), result = "ok", protocol = "pusher", app = %app.id, socket_id = %socket_id, "handshake");
+        let accepted = Accepted {
+            wire: Wire::Pusher(PusherWire::new(app, socket_id.clone())),
+            identity: Identity {
+                user: Arc::from(format!("@pusher:{socket_id}")),
+                name: None,
+                rooms: RoomAccess::All,
+                expires_at: u64::MAX,
+            },
+            peer,
+            permit: upgrade.permit,
+            place,
+        };
+        let shared = self.shared.clone();
+        self.switch(req, &live, &upgrade.accept_key, None, peer, move |ws| {
+            session::run(ws, accepted, shared)
+        })
+    }
+
+    /// The plain HTTP answer to a refused handshake, logged and counted.
+    fn refused(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+        refusal: handshake::Refusal,
+    ) -> Response<Body> {
+        self.shared
+            .metrics
+            .handshake_refused(refusal.metric(), refusal.reason());
+        // The refused Origin is what an operator needs to fix `origin.allowed`; it is
+        // the client's text, so it is shortened (and escaped by the log formatter).
+        let origin = matches!(
+            refusal,
+            handshake::Refusal::OriginMissing | handshake::Refusal::OriginNotAllowed
+        )
+        .then(|| req.headers().get(header::ORIGIN))
+        .flatten()
+        .map(|v| shorten(&String::from_utf8_lossy(v.as_bytes()), LOGGED_ORIGIN_CHARS));
+        info!(peer = %peer.ip(), result = "refused", status = refusal.status().as_u16(), reason = refusal.reason(), detail = %refusal, origin = origin.as_deref(), "handshake");
+        let mut resp = plain(refusal.status(), &refusal.body());
+        let h = resp.headers_mut();
+        match &refusal {
+            handshake::Refusal::RateLimited { retry_after } => {
+                let secs = retry_after.as_secs().max(1);
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    h.insert(header::RETRY_AFTER, v);
+                }
+            }
+            handshake::Refusal::UpgradeRequired(_) => {
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                h.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            handshake::Refusal::Token(_) => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        resp
+    }
+
+    /// Answers `101` and runs `serve` on the WebSocket once hyper hands the connection over.
+    fn switch<F, Fut>(
+        &self,
+        mut req: Request<Incoming>,
+        live: &Live,
+        accept_key: &str,
+        subprotocol: Option<&'static str>,
+        peer: SocketAddr,
+        serve: F,
+    ) -> Response<Body>
+    where
+        F: FnOnce(WebSocketStream<TlsStream<TcpStream>>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let mut resp = Response::new(empty());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        for (k, v) in handshake::switching_headers(&admitted) {
+        for (k, v) in handshake::switching_headers(accept_key, subprotocol) {
             resp.headers_mut().insert(k, v);
         }
         let ws_config = WebSocketConfig::default()
@@ -357,13 +476,6 @@ impl Server {
             .max_message_size(Some(live.limits.max_message_bytes))
             .max_frame_size(Some(live.limits.max_message_bytes));
         let upgrade = hyper::upgrade::on(&mut req);
-        let shared = self.shared.clone();
-        let accepted = Accepted {
-            identity: admitted.identity,
-            peer,
-            permit: admitted.permit,
-            place: admitted.place,
-        };
         self.tracker.spawn(async move {
             let upgraded = match upgrade.await {
                 Ok(u) => u,
@@ -376,10 +488,49 @@ impl Server {
                 return;
             };
             // Boxed: this task then holds a pointer, and the session its exact size.
-            Box::pin(session::run(ws, accepted, shared)).await;
+            Box::pin(serve(ws)).await;
         });
         resp
     }
+}
+
+/// The Pusher protocol version a client asked for (`?protocol=N`), when this gateway speaks
+/// it (5 to 7: the versions whose frames are the same).
+fn pusher_protocol(query: Option<&str>) -> Option<u8> {
+    let value = query?
+        .split('&')
+        .find_map(|p| p.strip_prefix("protocol="))?;
+    value.parse::<u8>().ok().filter(|v| (5..=7).contains(v))
+}
+
+/// A Pusher socket that cannot be served: `pusher:error` with `code`, then a close with it.
+async fn refuse_pusher_socket(
+    mut ws: WebSocketStream<TlsStream<TcpStream>>,
+    permit: ConnPermit,
+    code: u16,
+    message: &'static str,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = ws
+            .send(Message::Text(pusher::wire::pusher_error(
+                Some(code),
+                message,
+            )))
+            .await;
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: message.into(),
+        };
+        let _ = ws.close(Some(frame)).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.get_mut().shutdown()).await;
+    drop(permit);
 }
 
 /// Takes the TLS stream back from hyper (no boxed IO on the hot path), lets go of hyper's read

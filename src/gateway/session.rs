@@ -35,6 +35,7 @@ use crate::limits::{ConnPermit, MessageLimiter};
 use crate::live::Shared;
 use crate::metrics::DropReason;
 use crate::protocol::{close, ClientMsg, ErrorCode, RequestId, RoomName, ServerMsg};
+use crate::pusher::{self, wire::Decoded, wire::PusherWire};
 use crate::sanitize::parse_client;
 
 /// Most queued frames written before one flush.
@@ -51,8 +52,92 @@ const FLOOD_PAUSE: Duration = Duration::from_secs(1);
 /// How long a close frame may take to leave once the session has decided to end.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How a session's frames are spelled: what a client message means and what the session
+/// does about it are the same for both; only the framing differs.
+pub enum Wire {
+    /// The gateway's own JSON protocol (CONTRACT §4).
+    Native,
+    /// Pusher protocol 7 (CONTRACT §10).
+    Pusher(PusherWire),
+}
+
+impl Wire {
+    /// The first frame: `welcome` or `pusher:connection_established`.
+    fn greeting(&self, identity: &Identity, session_id: &str) -> Utf8Bytes {
+        match self {
+            Wire::Native => Utf8Bytes::from(
+                ServerMsg::Welcome {
+                    user: &identity.user,
+                    session: session_id,
+                    expires_at: identity.expires_at,
+                }
+                .to_text(),
+            ),
+            Wire::Pusher(w) => w.connection_established(),
+        }
+    }
+
+    /// A reply, or `None` when this protocol has no frame for it.
+    fn reply(&self, msg: &ServerMsg<'_>) -> Option<Utf8Bytes> {
+        match self {
+            Wire::Native => Some(Utf8Bytes::from(msg.to_text())),
+            Wire::Pusher(w) => w.reply(msg),
+        }
+    }
+
+    /// The frame for a queued item (`None`: nothing to send), and the live publication it
+    /// carries, for the fan-out accounting.
+    fn frame(&self, item: Outbound) -> (Option<Message>, Option<Arc<Publication>>) {
+        let text = |t: Utf8Bytes| Some(Message::Text(t));
+        match (self, item) {
+            (_, Outbound::Frame(f)) => (text(f), None),
+            (Wire::Native, Outbound::Replay(p)) => (text(p.frame.clone()), None),
+            (Wire::Native, Outbound::Live(p)) => (text(p.frame.clone()), Some(p)),
+            (Wire::Native, Outbound::Joined(j)) => (
+                text(Utf8Bytes::from(
+                    ServerMsg::Joined {
+                        room: j.room.as_str(),
+                        epoch: &j.epoch,
+                        offset: j.offset,
+                        recovered: j.recovered,
+                        members: &j.members,
+                        members_total: j.members_total,
+                        id: j.id.as_ref(),
+                    }
+                    .to_text(),
+                )),
+                None,
+            ),
+            (Wire::Native, Outbound::Presence(n)) => (
+                text(Utf8Bytes::from(
+                    ServerMsg::Presence {
+                        room: n.room.as_str(),
+                        event: n.change.event,
+                        user: &n.change.user,
+                    }
+                    .to_text(),
+                )),
+                None,
+            ),
+            (Wire::Pusher(w), Outbound::Replay(p)) => (text(w.publication(&p)), None),
+            (Wire::Pusher(w), Outbound::Live(p)) => (text(w.publication(&p)), Some(p)),
+            (Wire::Pusher(w), Outbound::Joined(j)) => (w.joined(&j).and_then(text), None),
+            (Wire::Pusher(w), Outbound::Presence(n)) => (w.presence(&n).and_then(text), None),
+        }
+    }
+
+    /// The close code this protocol sends for one of the gateway's.
+    fn close_code(&self, code: u16) -> u16 {
+        match self {
+            Wire::Native => code,
+            Wire::Pusher(_) => pusher::wire::close_code(code),
+        }
+    }
+}
+
 /// Everything a session needs from its handshake.
 pub struct Accepted {
+    pub wire: Wire,
     pub identity: Identity,
     pub peer: SocketAddr,
     pub permit: ConnPermit,
@@ -93,18 +178,14 @@ where
         ctl,
     };
     hub.register(&accepted.place, &handle);
-    let welcome = ServerMsg::Welcome {
-        user: &accepted.identity.user,
-        session: &session_id,
-        expires_at: accepted.identity.expires_at,
-    }
-    .to_text();
-    handle.send(Outbound::Frame(Utf8Bytes::from(welcome)), &shared.metrics);
+    let greeting = accepted.wire.greeting(&accepted.identity, &session_id);
+    handle.send(Outbound::Frame(greeting), &shared.metrics);
     let limiter = MessageLimiter::new(live.limits.messages_per_second, live.limits.burst);
     let commands = MessageLimiter::new(live.limits.commands_per_second, live.limits.command_burst);
     let mut session = Box::new(Session {
         ws,
         rx,
+        wire: accepted.wire,
         shared,
         handle,
         identity: accepted.identity,
@@ -130,6 +211,7 @@ where
 struct Session<S> {
     ws: WebSocketStream<S>,
     rx: mpsc::Receiver<Outbound>,
+    wire: Wire,
     shared: Arc<Shared>,
     handle: SessionHandle,
     identity: Identity,
@@ -243,7 +325,7 @@ where
                 }
                 item = self.rx.recv() => {
                     let Some(item) = item else { break Some(close::INTERNAL) };
-                    let write = write_batch(&mut self.ws, item, &mut self.rx, &mut self.settled, &self.shared);
+                    let write = write_batch(&mut self.ws, &self.wire, item, &mut self.rx, &mut self.settled, &self.shared);
                     let r = tokio::select! {
                         r = write => r,
                         _ = &mut cancelled => Err(WriteError::Cancelled),
@@ -317,7 +399,9 @@ where
                 // read: its queue is full and its socket blocked.
                 let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
                     while let Ok(item) = self.rx.try_recv() {
-                        let (msg, _) = to_message(item);
+                        let (Some(msg), _) = self.wire.frame(item) else {
+                            continue;
+                        };
                         if self.ws.feed(msg).await.is_err() {
                             break;
                         }
@@ -326,7 +410,7 @@ where
                 .await;
             }
             let frame = CloseFrame {
-                code: CloseCode::from(code),
+                code: CloseCode::from(self.wire.close_code(code)),
                 reason: close::reason(code).into(),
             };
             self.shared.metrics.close_sent(code);
@@ -345,10 +429,10 @@ where
     }
 
     fn reply(&self, msg: ServerMsg<'_>) {
-        self.handle.send(
-            Outbound::Frame(Utf8Bytes::from(msg.to_text())),
-            &self.shared.metrics,
-        );
+        if let Some(frame) = self.wire.reply(&msg) {
+            self.handle
+                .send(Outbound::Frame(frame), &self.shared.metrics);
+        }
     }
 
     /// Answers a request refused by a rate limit; returns 1008 once the client has gone on
@@ -404,9 +488,26 @@ where
         if text.len() > live.limits.max_message_bytes {
             return Some(close::TOO_BIG);
         }
-        let msg = match parse_client(text) {
-            Ok(m) => m,
-            Err(e) => return self.refuse(e.id.as_ref(), ErrorCode::BadRequest, &e.message),
+        let msg = match &mut self.wire {
+            Wire::Native => match parse_client(text) {
+                Ok(m) => m,
+                Err(e) => return self.refuse(e.id.as_ref(), ErrorCode::BadRequest, &e.message),
+            },
+            Wire::Pusher(w) => match w.decode(text) {
+                Decoded::Command(m) => m,
+                Decoded::Reply(frame) => {
+                    self.handle
+                        .send(Outbound::Frame(frame), &self.shared.metrics);
+                    return None;
+                }
+                Decoded::Refuse { id, code, message } => {
+                    return match code {
+                        ErrorCode::RateLimited => self.rate_limited(id.as_ref(), message),
+                        _ => self.refuse(id.as_ref(), code, message),
+                    }
+                }
+                Decoded::Ignore => return None,
+            },
         };
         match msg {
             ClientMsg::Join { room, since, id } => {
@@ -434,11 +535,17 @@ where
                     );
                     return self.refuse(id.as_ref(), ErrorCode::TooManyRooms, &message);
                 }
-                let join = self.shared.hub.clone().join(
+                let user = match &self.wire {
+                    Wire::Pusher(w) => w.member_of(&room),
+                    Wire::Native => None,
+                }
+                .unwrap_or_else(|| self.handle.user.clone());
+                let join = self.shared.hub.clone().join_as(
                     self.handle.clone(),
                     room.clone(),
                     since,
                     id.clone(),
+                    user,
                 );
                 self.waiting = Some(Box::pin(async move {
                     let result = join.await;
@@ -624,17 +731,10 @@ fn read_error_code(e: &tungstenite::Error) -> Option<u16> {
     }
 }
 
-fn to_message(item: Outbound) -> (Message, Option<Arc<Publication>>) {
-    match item {
-        Outbound::Frame(f) => (Message::Text(f), None),
-        Outbound::Replay(p) => (Message::Text(p.frame.clone()), None),
-        Outbound::Live(p) => (Message::Text(p.frame.clone()), Some(p)),
-    }
-}
-
 /// Writes `first` and whatever else is queued (up to [`MAX_BATCH`]), then flushes once.
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
+    wire: &Wire,
     first: Outbound,
     rx: &mut mpsc::Receiver<Outbound>,
     settled: &mut Vec<Arc<Publication>>,
@@ -647,13 +747,15 @@ where
     let mut count = 0u64;
     let mut bytes = 0u64;
     while let Some(it) = item {
-        let (msg, live) = to_message(it);
-        bytes += msg.len() as u64;
-        ws.feed(msg).await.map_err(|_| WriteError::Socket)?;
+        let (msg, live) = wire.frame(it);
+        if let Some(msg) = msg {
+            bytes += msg.len() as u64;
+            ws.feed(msg).await.map_err(|_| WriteError::Socket)?;
+            count += 1;
+        }
         if let Some(p) = live {
             settled.push(p);
         }
-        count += 1;
         if count as usize >= MAX_BATCH {
             break;
         }

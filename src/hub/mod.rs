@@ -34,17 +34,41 @@ use crate::broker::{
     PublishRequest, Recovery, SessionId,
 };
 use crate::metrics::Metrics;
-use crate::protocol::{close, RequestId, RoomName, ServerMsg, Since};
+use crate::protocol::{close, RequestId, RoomName, Since};
 
-/// What a session's writer sends, in queue order.
+/// What a session's writer sends, in queue order. The hub says what happened; the session's
+/// wire protocol frames it (native JSON or Pusher events).
 #[derive(Debug)]
 pub enum Outbound {
-    /// A reply or presence frame for this session.
+    /// A reply already framed for this session.
     Frame(Utf8Bytes),
+    /// The session is in the room: its position, replay status and users.
+    Joined(Box<JoinedRoom>),
+    /// A user arrived in or left a room the session is in.
+    Presence(Box<PresenceNotice>),
     /// A live publication; the writer accounts it for the fan-out latency.
     Live(Arc<Publication>),
     /// A publication replayed on join.
     Replay(Arc<Publication>),
+}
+
+/// The answer to a join, before framing.
+#[derive(Debug)]
+pub struct JoinedRoom {
+    pub room: RoomName,
+    pub epoch: Arc<str>,
+    pub offset: u64,
+    pub recovered: bool,
+    pub members: Vec<Arc<str>>,
+    pub members_total: Option<usize>,
+    pub id: Option<RequestId>,
+}
+
+/// A presence change in a room, before framing.
+#[derive(Debug)]
+pub struct PresenceNotice {
+    pub room: RoomName,
+    pub change: PresenceChange,
 }
 
 /// Asks a session to close with a code; the first request wins.
@@ -132,6 +156,8 @@ enum MemberState {
 
 struct Member {
     handle: SessionHandle,
+    /// Who the member is in the room's presence (normally its session's user).
+    user: Arc<str>,
     state: MemberState,
 }
 
@@ -254,11 +280,27 @@ impl Hub {
         since: Option<Since>,
         id: Option<RequestId>,
     ) -> Result<(), JoinError> {
+        let user = handle.user.clone();
+        self.join_as(handle, room, since, id, user).await
+    }
+
+    /// [`Hub::join`] with the member counted in the room's presence as `user` rather than
+    /// the session's own user: a Pusher socket is a presence channel's member under the
+    /// `user_id` its channel auth names, which may differ from one channel to the next.
+    pub async fn join_as(
+        self: Arc<Self>,
+        handle: SessionHandle,
+        room: RoomName,
+        since: Option<Since>,
+        id: Option<RequestId>,
+        user: Arc<str>,
+    ) -> Result<(), JoinError> {
         // 1. Become a joining member: live traffic is buffered from now on.
-        let (entry, first_of_user) = self.add_member(&handle, &room)?;
+        let (entry, first_of_user) = self.add_member(&handle, &room, &user)?;
         let mut joining = Joining {
             hub: &self,
             handle: &handle,
+            user: &user,
             room: &room,
             subscribed: false,
             presence: first_of_user.then_some(false),
@@ -268,7 +310,7 @@ impl Hub {
         self.broker.subscribe(&room).await?;
         joining.subscribed = true;
         if first_of_user {
-            self.broker.presence_join(&room, &handle.user).await?;
+            self.broker.presence_join(&room, &user).await?;
             joining.presence = Some(true);
         }
         let recovery = self.broker.recover(&room, since.as_ref()).await?;
@@ -284,6 +326,7 @@ impl Hub {
         &self,
         handle: &SessionHandle,
         name: &RoomName,
+        user: &Arc<str>,
     ) -> Result<(Arc<Mutex<Room>>, bool), JoinError> {
         loop {
             let room = match self.room(name) {
@@ -305,13 +348,14 @@ impl Hub {
                 handle.id,
                 Member {
                     handle: handle.clone(),
+                    user: user.clone(),
                     state: MemberState::Joining {
                         publications: Vec::new(),
                         presence: Vec::new(),
                     },
                 },
             );
-            let count = r.users.entry(handle.user.clone()).or_insert(0);
+            let count = r.users.entry(user.clone()).or_insert(0);
             *count += 1;
             let first = *count == 1;
             drop(r);
@@ -345,18 +389,17 @@ impl Hub {
         else {
             return;
         };
-        let joined = ServerMsg::Joined {
-            room: name.as_str(),
-            epoch: &recovery.epoch,
+        let joined = JoinedRoom {
+            room: name.clone(),
+            epoch: recovery.epoch.clone(),
             offset: recovery.offset,
             recovered: recovery.recovered,
-            members: &recovery.members,
+            members: recovery.members,
             members_total: recovery.members_total,
-            id,
-        }
-        .to_text();
+            id: id.cloned(),
+        };
         let h = member.handle.clone();
-        let mut ok = h.send(Outbound::Frame(Utf8Bytes::from(joined)), &self.metrics);
+        let mut ok = h.send(Outbound::Joined(Box::new(joined)), &self.metrics);
         for p in recovery.publications {
             if !ok {
                 break;
@@ -410,49 +453,47 @@ impl Hub {
             return true;
         }
         *presence = change.version;
-        let frame = ServerMsg::Presence {
-            room: room.as_str(),
-            event: change.event,
-            user: &change.user,
-        }
-        .to_text();
+        let notice = PresenceNotice {
+            room: room.clone(),
+            change: change.clone(),
+        };
         member
             .handle
-            .send(Outbound::Frame(Utf8Bytes::from(frame)), &self.metrics)
+            .send(Outbound::Presence(Box::new(notice)), &self.metrics)
     }
 
     /// Takes a session out of a room. Returns false when it was not a member.
     pub fn leave(&self, handle: &SessionHandle, room: &RoomName, departure: Departure) -> bool {
-        let Some(last_of_user) = self.remove_member(handle, room) else {
+        let Some((last_of_user, user)) = self.remove_member(handle, room) else {
             return false;
         };
         if departure == Departure::Left {
             if last_of_user {
-                self.broker.presence_leave(room, &handle.user);
+                self.broker.presence_leave(room, &user);
             }
             self.broker.unsubscribe(room);
         }
         true
     }
 
-    /// Removes the member; `Some(last session of its user here)`, or `None` when it was not
-    /// a member. An empty room leaves the map.
-    fn remove_member(&self, handle: &SessionHandle, name: &RoomName) -> Option<bool> {
+    /// Removes the member; `Some((last session of its user here, its user))`, or `None` when
+    /// it was not a member. An empty room leaves the map.
+    fn remove_member(&self, handle: &SessionHandle, name: &RoomName) -> Option<(bool, Arc<str>)> {
         let room = self.room(name)?;
-        let (last_of_user, empty) = {
+        let (last_of_user, user, empty) = {
             let mut r = lock(&room);
-            r.members.remove(&handle.id)?;
-            let last_of_user = match r.users.get_mut(&handle.user) {
+            let user = r.members.remove(&handle.id)?.user;
+            let last_of_user = match r.users.get_mut(&user) {
                 Some(n) if *n > 1 => {
                     *n -= 1;
                     false
                 }
                 _ => {
-                    r.users.remove(&handle.user);
+                    r.users.remove(&user);
                     true
                 }
             };
-            (last_of_user, r.members.is_empty())
+            (last_of_user, user, r.members.is_empty())
         };
         if empty {
             let mut rooms = self.write_rooms();
@@ -462,7 +503,7 @@ impl Hub {
                 rooms.remove(name);
             }
         }
-        Some(last_of_user)
+        Some((last_of_user, user))
     }
 
     /// Publishes into a room through the broker; returns the message's offset.
@@ -477,6 +518,19 @@ impl Hub {
             node: self.node,
             session,
         });
+        self.publish_excluding(room, from, data, origin).await
+    }
+
+    /// Publishes into a room for every member but `excluded`, a session on any node (the
+    /// Pusher HTTP API's `socket_id`); returns the message's offset.
+    pub async fn publish_excluding(
+        &self,
+        room: RoomName,
+        from: Arc<str>,
+        data: Value,
+        excluded: Option<Origin>,
+    ) -> Result<u64, BrokerError> {
+        let origin = excluded;
         self.broker
             .publish(PublishRequest {
                 room: &room,
@@ -504,6 +558,7 @@ impl Hub {
 struct Joining<'a> {
     hub: &'a Hub,
     handle: &'a SessionHandle,
+    user: &'a Arc<str>,
     room: &'a RoomName,
     subscribed: bool,
     /// `Some` for the user's first session here: whether the broker recorded its presence.
@@ -516,9 +571,9 @@ impl Drop for Joining<'_> {
         if self.done {
             return;
         }
-        let last_of_user = self.hub.remove_member(self.handle, self.room);
-        if self.presence == Some(true) && last_of_user == Some(true) {
-            self.hub.broker.presence_leave(self.room, &self.handle.user);
+        let removed = self.hub.remove_member(self.handle, self.room);
+        if self.presence == Some(true) && removed.is_some_and(|(last, _)| last) {
+            self.hub.broker.presence_leave(self.room, self.user);
         }
         if self.subscribed {
             self.hub.broker.unsubscribe(self.room);

@@ -63,6 +63,25 @@ impl Hub {
         })
     }
 
+    /// Takes a place for a session whose user is named after its own id (a Pusher socket,
+    /// which is nobody until it signs in): one place per name, so no cap applies.
+    pub fn admit_unnamed(
+        self: &Arc<Self>,
+        name: impl FnOnce(SessionId) -> Arc<str>,
+    ) -> SessionPlace {
+        let id = self.next_session_id();
+        let user = name(id);
+        lock(&self.sessions_by_user)
+            .entry(user.clone())
+            .or_default()
+            .insert(id, None);
+        SessionPlace {
+            hub: self.clone(),
+            user,
+            id,
+        }
+    }
+
     /// Makes a session known (for the admin API and the connection gauge) in the place its
     /// handshake took; `handle.id` is the place's id.
     pub fn register(&self, place: &SessionPlace, handle: &SessionHandle) {

@@ -7,6 +7,7 @@ mod handshake;
 mod hub;
 mod ops;
 mod proxy;
+mod pusher;
 mod redis_broker;
 mod redis_server;
 mod session;

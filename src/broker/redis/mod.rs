@@ -1442,7 +1442,7 @@ impl Broker for RedisBroker {
             let backend = &backend;
             let rooms: Vec<Result<RoomInfo, BrokerError>> = stream::iter(connections)
                 .map(|(room, connections)| async move {
-                    let users = match RoomName::parse(&room) {
+                    let users = match RoomName::from_stored(&room) {
                         Ok(name) => {
                             let mut conn = backend.cmd.clone();
                             self.call(

@@ -143,7 +143,7 @@ impl Names {
         let name = channel
             .strip_prefix(&self.room_start)?
             .strip_suffix(CHANNEL_SUFFIX)?;
-        RoomName::parse(name).ok()
+        RoomName::from_stored(name).ok()
     }
 
     /// Hash: node id → its last heartbeat (Redis server time, ms).
@@ -184,7 +184,7 @@ pub fn node_entry(room: &RoomName, user: &str) -> String {
 
 pub fn parse_node_entry(entry: &str) -> Option<(RoomName, Arc<str>)> {
     let (room, user) = entry.split_once(' ')?;
-    Some((RoomName::parse(room).ok()?, Arc::from(user)))
+    Some((RoomName::from_stored(room).ok()?, Arc::from(user)))
 }
 
 #[cfg(test)]

@@ -90,6 +90,7 @@ impl Gateway {
         let user: Arc<str> = Arc::from(user);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         Accepted {
+            wire: Wire::Native,
             place: self.shared.hub.admit(&user, 10).expect("a place"),
             identity: Identity {
                 user,

@@ -1,0 +1,327 @@
+//! The Pusher HTTP API on the public listener (CONTRACT §10): what the Pusher server SDKs
+//! (`pusher` on npm, pusher-php-server, Laravel's broadcaster) call to trigger events.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /apps/{id}/events` `{"name","data","channels"|"channel","socket_id"?}` | 200 `{}` |
+//! | `POST /apps/{id}/batch_events` `{"batch":[{"name","data","channel","socket_id"?}]}` | 200 `{"batch":[{},…]}` |
+//! | `GET /apps/{id}/channels[?filter_by_prefix=…&info=user_count]` | 200 `{"channels":{name:{…}}}`: channels with subscribers |
+//! | `GET /apps/{id}/channels/{name}[?info=user_count,subscription_count]` | 200 `{"occupied":…,…}` |
+//!
+//! Order of the checks: unknown app 404 (before any signature work), body over
+//! [`MAX_BODY_BYTES`] 413, signature ([`sign::verify_request`]) 401, then the request itself:
+//! 400 for a malformed one, 413 for `data` over 10 KB. The signature, the query and the body
+//! never reach a log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::auth::unix_now;
+use crate::broker::Origin;
+use crate::live::Shared;
+use crate::pusher::channel::{split_room, Channel, ChannelKind};
+use crate::pusher::wire::MAX_EVENT_DATA_BYTES;
+use crate::pusher::{parse_socket_id, sign, PusherApp};
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Largest request body: a batch of 10 events of 10 KB each, with room for their envelopes.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Most channels one event may go to (Pusher's limit).
+pub const MAX_CHANNELS_PER_EVENT: usize = 100;
+/// Most events in one batch (Pusher's limit).
+pub const MAX_BATCH_EVENTS: usize = 10;
+/// Longest event name (Pusher's limit).
+const MAX_EVENT_NAME_CHARS: usize = 200;
+/// How long a request body may take to arrive once its headers have.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A refused API request: its status and the message the client gets.
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError(status, message.into())
+    }
+}
+
+/// Serves one request under `/apps/`.
+pub async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    match handle(shared, req).await {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(ApiError(status, message)) => json_response(status, &json!({ "error": message })),
+    }
+}
+
+async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Value, ApiError> {
+    let live = shared.live.load_full();
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches("/apps/").splitn(2, '/');
+    let app_id = parts.next().unwrap_or_default();
+    let route = parts.next().unwrap_or_default().to_string();
+    let Some(app) = live.pusher.by_id(app_id).cloned() else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "unknown app"));
+    };
+    let method = req.method().clone();
+    let params = sign::query_params(req.uri().query().unwrap_or_default());
+    let body = read_body(req).await?;
+    if let Err(e) = sign::verify_request(&app, method.as_str(), &path, &params, &body, unix_now()) {
+        info!(app = %app.id, reason = %e, "pusher api request refused");
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()));
+    }
+    match (&method, route.as_str()) {
+        (&Method::POST, "events") => {
+            let event: Event = parse_json(&body)?;
+            publish(shared, &app, event).await?;
+            Ok(json!({}))
+        }
+        (&Method::POST, "batch_events") => {
+            let batch: Batch = parse_json(&body)?;
+            if batch.batch.len() > MAX_BATCH_EVENTS {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("at most {MAX_BATCH_EVENTS} events per batch"),
+                ));
+            }
+            for event in &batch.batch {
+                check_event(event)?;
+            }
+            let n = batch.batch.len();
+            for event in batch.batch {
+                publish(shared, &app, event).await?;
+            }
+            Ok(json!({ "batch": vec![json!({}); n] }))
+        }
+        (&Method::GET, "channels") => channels(shared, &app, &params).await,
+        (&Method::GET, route) if route.starts_with("channels/") => {
+            let name = percent_encoding::percent_decode_str(&route["channels/".len()..])
+                .decode_utf8_lossy()
+                .into_owned();
+            channel_info(shared, &app, &name, &params).await
+        }
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
+    }
+}
+
+/// The app's channels with members anywhere in the cluster: `(channel, users, sockets)`.
+async fn occupied(
+    shared: &Arc<Shared>,
+    app: &PusherApp,
+) -> Result<Vec<(String, usize, usize)>, ApiError> {
+    let rooms = shared.hub.broker().rooms().await.map_err(|e| {
+        warn!(app = %app.id, error = %e, "pusher api channel query failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable; retry later")
+    })?;
+    Ok(rooms
+        .into_iter()
+        .filter_map(|r| {
+            let (id, channel) = split_room(&r.room)?;
+            (id == &*app.id).then(|| (channel.to_string(), r.members, r.connections))
+        })
+        .collect())
+}
+
+/// The `info` attributes asked for (`user_count`, `subscription_count`).
+fn info_wanted(params: &[(String, String)], attribute: &str) -> bool {
+    params
+        .iter()
+        .filter(|(k, _)| k == "info")
+        .any(|(_, v)| v.split(',').any(|a| a.trim() == attribute))
+}
+
+/// `GET /apps/{id}/channels[?filter_by_prefix=…&info=user_count]`.
+async fn channels(
+    shared: &Arc<Shared>,
+    app: &PusherApp,
+    params: &[(String, String)],
+) -> Result<Value, ApiError> {
+    let prefix = params
+        .iter()
+        .find(|(k, _)| k == "filter_by_prefix")
+        .map_or("", |(_, v)| v.as_str());
+    let user_count = info_wanted(params, "user_count");
+    if user_count && !prefix.starts_with("presence-") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "info=user_count needs filter_by_prefix=presence-",
+        ));
+    }
+    let mut out = serde_json::Map::new();
+    for (channel, users, _) in occupied(shared, app).await? {
+        if channel.starts_with(prefix) {
+            let info = match user_count {
+                true => json!({ "user_count": users }),
+                false => json!({}),
+            };
+            out.insert(channel, info);
+        }
+    }
+    Ok(json!({ "channels": out }))
+}
+
+/// `GET /apps/{id}/channels/{name}[?info=user_count,subscription_count]`.
+async fn channel_info(
+    shared: &Arc<Shared>,
+    app: &PusherApp,
+    name: &str,
+    params: &[(String, String)],
+) -> Result<Value, ApiError> {
+    let channel = Channel::parse(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let found = occupied(shared, app)
+        .await?
+        .into_iter()
+        .find(|(c, _, _)| *c == channel.name);
+    let (users, sockets) = found.map_or((0, 0), |(_, u, s)| (u, s));
+    let mut out = json!({ "occupied": sockets > 0 });
+    if info_wanted(params, "user_count") {
+        if channel.kind != ChannelKind::Presence {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "user_count is only for presence channels",
+            ));
+        }
+        out["user_count"] = json!(users);
+    }
+    if info_wanted(params, "subscription_count") {
+        out["subscription_count"] = json!(sockets);
+    }
+    Ok(out)
+}
+
+/// One event to trigger.
+#[derive(Deserialize)]
+struct Event {
+    name: String,
+    data: Value,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    socket_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Batch {
+    batch: Vec<Event>,
+}
+
+impl Event {
+    fn channels(&self) -> Vec<&str> {
+        match (&self.channels, &self.channel) {
+            (Some(list), _) => list.iter().map(String::as_str).collect(),
+            (None, Some(one)) => vec![one.as_str()],
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// `data` as Pusher carries it: a string (an SDK sends JSON already encoded).
+    fn data_string(&self) -> String {
+        match &self.data {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The checks of one event that need no broker.
+fn check_event(event: &Event) -> Result<(Vec<Channel>, Option<Origin>), ApiError> {
+    let bad = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, m);
+    if event.name.is_empty() || event.name.chars().count() > MAX_EVENT_NAME_CHARS {
+        return Err(bad("name must be 1 to 200 characters"));
+    }
+    let names = event.channels();
+    if names.is_empty() {
+        return Err(bad("channels (or channel) is required"));
+    }
+    if names.len() > MAX_CHANNELS_PER_EVENT {
+        return Err(bad("at most 100 channels per event"));
+    }
+    let channels = names
+        .iter()
+        .map(|n| Channel::parse(n).map_err(&bad))
+        .collect::<Result<Vec<_>, _>>()?;
+    if event.data_string().len() > MAX_EVENT_DATA_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "data over 10 KB",
+        ));
+    }
+    let excluded = match event.socket_id.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(parse_socket_id(s).ok_or_else(|| bad("invalid socket_id"))?),
+    };
+    Ok((channels, excluded))
+}
+
+async fn publish(shared: &Arc<Shared>, app: &PusherApp, event: Event) -> Result<(), ApiError> {
+    let (channels, excluded) = check_event(&event)?;
+    let data = json!({ "event": event.name, "data": event.data_string() });
+    let from: Arc<str> = Arc::from("@server");
+    for channel in channels {
+        let room = channel.room(&app.id);
+        if let Err(e) = shared
+            .hub
+            .publish_excluding(room, from.clone(), data.clone(), excluded)
+            .await
+        {
+            warn!(app = %app.id, error = %e, "pusher api publish failed");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable; retry later",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+/// The body, at most [`MAX_BODY_BYTES`] (413 beyond), within [`BODY_TIMEOUT`].
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(too_big());
+    }
+    let limited = Limited::new(req.into_body(), MAX_BODY_BYTES);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
+        Ok(Err(_)) => Err(ApiError::new(StatusCode::BAD_REQUEST, "body not read")),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body took too long",
+        )),
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(v.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

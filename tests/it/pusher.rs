@@ -1,0 +1,497 @@
+//! The Pusher endpoints (CONTRACT §10) against the real npm packages: `pusher-js` (its Node
+//! build) as the client and the `pusher` server SDK for the HTTP API, pinned in
+//! `tests/pusher/package-lock.json` and installed with `npm ci`. Raw clients cover what the
+//! SDKs hide: the refusals before `101`, the close codes after it, keep-alive.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+const APP_ID: &str = "1001";
+const KEY: &str = "app-key";
+const SECRET: &str = "pusher-test-secret-0123456789abcdef";
+
+fn with_app(s: &mut Settings) {
+    // Node and its modules take a while to load on a busy machine; the handshake timeout's
+    // own behaviour is tested elsewhere.
+    s.set("server", "handshake_timeout", json!("30s"));
+    s.set(
+        "pusher",
+        "apps",
+        json!([{
+            "id": APP_ID,
+            "key": KEY,
+            "secret": SECRET,
+            "allowed_origins": [ORIGIN],
+            "allow_missing_origin": true,
+        }]),
+    );
+}
+
+fn pusher_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pusher")
+}
+
+/// `npm ci` from the lockfile, once per test run, unless `node_modules` was installed from
+/// this very lockfile already (npm keeps its copy in `node_modules/.package-lock.json`).
+fn install_packages() {
+    static DONE: Mutex<bool> = Mutex::new(false);
+    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
+    if *done {
+        return;
+    }
+    let dir = pusher_dir();
+    let lock = std::fs::read_to_string(dir.join("package-lock.json")).expect("lockfile");
+    let installed = std::fs::read_to_string(dir.join("node_modules/.package-lock.json"));
+    let packages = |text: &str| {
+        serde_json::from_str::<Value>(text)
+            .map(|v| {
+                let mut p = v["packages"].clone();
+                if let Some(map) = p.as_object_mut() {
+                    map.remove("");
+                }
+                p
+            })
+            .ok()
+    };
+    if installed.is_ok_and(|i| packages(&i).is_some() && packages(&i) == packages(&lock)) {
+        *done = true;
+        return;
+    }
+    let out = Command::new("npm")
+        .args([
+            "ci",
+            "--prefer-offline",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run npm ({e}): install Node 20 and npm"));
+    assert!(
+        out.status.success(),
+        "npm ci failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    *done = true;
+}
+
+/// Runs `tests/pusher/<script>` against `gw`; returns its JSON result, or panics with its
+/// output when it fails.
+async fn node(gw: &Gateway, script: &str) -> Value {
+    node_on(gw, None, script).await
+}
+
+/// [`node`] with a second gateway of the same cluster for the scripts that use one.
+async fn node_on(gw: &Gateway, second: Option<&Gateway>, script: &str) -> Value {
+    install_packages();
+    let mut cmd = tokio::process::Command::new("node");
+    if let Some(other) = second {
+        cmd.env("WSGATE_PORT2", other.addr.port().to_string());
+    }
+    cmd.arg(script)
+        .current_dir(pusher_dir())
+        .env("NODE_EXTRA_CA_CERTS", &gw.ca)
+        .env("WSGATE_HOST", "localhost")
+        .env("WSGATE_PORT", gw.addr.port().to_string())
+        .env("PUSHER_APP_ID", APP_ID)
+        .env("PUSHER_KEY", KEY)
+        .env("PUSHER_SECRET", SECRET)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("script finished in time")
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}\ngateway log:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.logs(),
+        second.map(Gateway::logs).unwrap_or_default()
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|_| panic!("{script} printed no result: {stdout}"))
+}
+
+#[tokio::test]
+async fn pusher_js_receives_events_triggered_through_the_http_api() {
+    let gw = Gateway::start_with(with_app).await;
+    let result = node(&gw, "public_roundtrip.mjs").await;
+    let socket_id = result["socketId"].as_str().expect("socket id");
+    let (node_part, session) = socket_id.split_once('.').expect("<digits>.<digits>");
+    assert!(node_part.bytes().all(|b| b.is_ascii_digit()) && !node_part.is_empty());
+    assert!(session.bytes().all(|b| b.is_ascii_digit()) && !session.is_empty());
+    // The event sent with the client's socket_id never arrived; the others did, in order.
+    assert_eq!(
+        result["received"],
+        json!([{"n": 1, "text": "héllo"}, {"n": 3}]),
+        "{result}"
+    );
+    assert_eq!(
+        result["info"],
+        json!({"occupied": true, "subscription_count": 1}),
+        "{result}"
+    );
+    assert_eq!(
+        result["list"],
+        json!({"channels": {"news": {}}}),
+        "{result}"
+    );
+    assert_eq!(result["empty"], json!({"occupied": false}), "{result}");
+}
+
+#[tokio::test]
+async fn the_http_api_refuses_bad_signatures_and_unknown_apps() {
+    let gw = Gateway::start_with(with_app).await;
+    let result = node(&gw, "refusals.mjs").await;
+    assert_eq!(result["badSecret"], 401, "{result}");
+    assert_eq!(result["unknownApp"], 404, "{result}");
+    assert_eq!(result["good"], 200, "{result}");
+    assert!(!gw.logs().contains(SECRET), "the secret reached the log");
+}
+
+fn socket_request(gw: &Gateway, path_and_query: &str, origin: Option<&str>) -> http::Request<()> {
+    let mut req = format!("wss://localhost:{}{path_and_query}", gw.addr.port())
+        .into_client_request()
+        .expect("request");
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    req
+}
+
+/// The next text frame, parsed, with Pusher's string-encoded `data` decoded.
+async fn recv_event(c: &mut Client) -> Value {
+    let mut v = c.recv().await;
+    if let Some(data) = v["data"].as_str() {
+        if let Ok(inner) = serde_json::from_str::<Value>(data) {
+            v["data"] = inner;
+        }
+    }
+    v
+}
+
+#[tokio::test]
+async fn a_raw_socket_is_told_its_id_answered_pings_and_refused_unknown_keys() {
+    let gw = Gateway::start_with(with_app).await;
+
+    let mut c = gw
+        .open(socket_request(
+            &gw,
+            "/app/app-key?protocol=7&client=js",
+            Some(ORIGIN),
+        ))
+        .await
+        .expect("accepted");
+    let hello = recv_event(&mut c).await;
+    assert_eq!(hello["event"], "pusher:connection_established", "{hello}");
+    assert_eq!(hello["data"]["activity_timeout"], 30, "{hello}");
+    c.send(json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(recv_event(&mut c).await["event"], "pusher:pong");
+    // A private channel without a valid signature: refused, socket open.
+    c.send(json!({"event":"pusher:subscribe","data":{"channel":"private-a","auth":"app-key:00"}}))
+        .await;
+    let refused = recv_event(&mut c).await;
+    assert_eq!(refused["event"], "pusher:subscription_error", "{refused}");
+    assert_eq!(refused["channel"], "private-a");
+    assert_eq!(refused["data"]["type"], "AuthError");
+    assert_eq!(refused["data"]["status"], 401);
+    // Client events on a public channel: pusher:error 4009, nothing delivered.
+    c.send(json!({"event":"pusher:subscribe","data":{"channel":"pub"}}))
+        .await;
+    let ok = recv_event(&mut c).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    assert_eq!(ok["channel"], "pub");
+    c.send(json!({"event":"client-x","channel":"pub","data":{}}))
+        .await;
+    let err = recv_event(&mut c).await;
+    assert_eq!(err["event"], "pusher:error", "{err}");
+    assert_eq!(err["data"]["code"], 4009, "{err}");
+
+    // An unknown key: pusher:error 4001, then close 4001.
+    let mut bad = gw
+        .open(socket_request(&gw, "/app/nope?protocol=7", Some(ORIGIN)))
+        .await
+        .expect("upgraded, then told");
+    let err = recv_event(&mut bad).await;
+    assert_eq!(err["event"], "pusher:error", "{err}");
+    assert_eq!(err["data"]["code"], 4001, "{err}");
+    assert_eq!(bad.closed().await, Closed::Code(4001));
+
+    // No or an unsupported protocol: 4007.
+    for path in ["/app/app-key", "/app/app-key?protocol=99"] {
+        let mut old = gw
+            .open(socket_request(&gw, path, Some(ORIGIN)))
+            .await
+            .expect("upgraded, then told");
+        assert_eq!(recv_event(&mut old).await["data"]["code"], 4007);
+        assert_eq!(old.closed().await, Closed::Code(4007));
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_origin_is_refused_before_101() {
+    let gw = Gateway::start_with(with_app).await;
+    let body = gw
+        .refused(
+            socket_request(&gw, "/app/app-key?protocol=7", Some("https://evil.example")),
+            403,
+        )
+        .await;
+    assert!(body.contains("Origin"), "{body}");
+    // An unknown key is judged by origin.allowed before it is told it is unknown.
+    gw.refused(
+        socket_request(&gw, "/app/nope?protocol=7", Some("https://evil.example")),
+        403,
+    )
+    .await;
+}
+
+/// One HTTP/1.1 request on an open keep-alive connection; returns the status.
+async fn keep_alive_request<S>(tls: &mut S, path: &str) -> u16
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(WAIT, tls.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return status_code(head);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_http_keep_alive_connection_outlives_the_handshake_timeout() {
+    let gw = Gateway::start_with(|s| {
+        with_app(s);
+        s.set("server", "handshake_timeout", json!("1s"));
+    })
+    .await;
+    let began = Instant::now();
+    let mut tls = gw.tls().await;
+    // Requests keep coming, each well within the header timeout, until the connection has
+    // been open twice as long as server.handshake_timeout: all answered on it.
+    let mut served = 0;
+    while began.elapsed() < Duration::from_secs(2) {
+        assert_eq!(keep_alive_request(&mut tls, "/apps/404/events").await, 404);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(keep_alive_request(&mut tls, "/apps/404/events").await, 404);
+    assert!(served >= 2, "{served}");
+}
+
+#[tokio::test]
+async fn without_apps_the_pusher_endpoints_are_not_found() {
+    let gw = Gateway::start().await;
+    let mut tls = gw.tls().await;
+    assert_eq!(keep_alive_request(&mut tls, "/apps/1001/events").await, 404);
+    gw.refused(
+        socket_request(&gw, "/app/app-key?protocol=7", Some(ORIGIN)),
+        404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_config_redacts_app_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), with_app);
+    let out = run_wsgate(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("app-key"), "{stdout}");
+    assert!(!stdout.contains(SECRET), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_short_app_secret_is_refused_off_loopback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), |s| {
+        with_app(s);
+        s.set("server", "listen", json!("0.0.0.0:0"));
+        s.set(
+            "auth",
+            "hs_secret",
+            json!("a-long-enough-hs-secret-0123456789abcdef"),
+        );
+        s.set(
+            "admin",
+            "api_key",
+            json!("a-long-enough-admin-key-0123456789abcdef"),
+        );
+        s.set(
+            "pusher",
+            "apps",
+            json!([{ "id": APP_ID, "key": KEY, "secret": "short" }]),
+        );
+    });
+    let out = run_wsgate(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("pusher.apps.secret"), "{stderr}");
+    assert!(!stderr.contains("short\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_reload_adds_an_app() {
+    let gw = Gateway::start().await;
+    gw.refused(
+        socket_request(&gw, "/app/app-key?protocol=7", Some(ORIGIN)),
+        404,
+    )
+    .await;
+    let mut settings = gw.settings.clone();
+    with_app(&mut settings);
+    std::fs::write(&gw.config_path, settings.toml()).expect("write config");
+    gw.sighup("configuration reloaded").await;
+    let mut c = gw
+        .open(socket_request(&gw, "/app/app-key?protocol=7", None))
+        .await
+        .expect("accepted after the reload");
+    let hello = c.ws.next().await.expect("frame").expect("ok");
+    let Message::Text(t) = hello else {
+        panic!("{hello:?}")
+    };
+    assert!(t.contains("pusher:connection_established"), "{t}");
+}
+
+#[tokio::test]
+async fn private_and_presence_channels_work_with_sdk_signed_auth() {
+    let gw = Gateway::start_with(with_app).await;
+    let r = node(&gw, "private_presence.mjs").await;
+    assert_private_and_presence(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_whispers_span_the_nodes_of_a_cluster() {
+    let redis = crate::redis_server::Redis::start().await;
+    let node = |name: &'static str, certs: Option<PathBuf>| {
+        let url = redis.url();
+        Gateway::start_with(move |s| {
+            with_app(s);
+            s.set("cluster", "redis_url", json!(url))
+                .set("cluster", "node_name", json!(name));
+            // One certificate for the whole cluster, as behind one host name.
+            if let Some(dir) = certs {
+                s.set("tls", "cert", json!(dir.join("server.crt"))).set(
+                    "tls",
+                    "key",
+                    json!(dir.join("server.key")),
+                );
+            }
+        })
+    };
+    let a = node("gw-a", None).await;
+    let b = node("gw-b", Some(a.dir.path().join("certs"))).await;
+    // Bob and Alice's second tab on gw-b, her first tab and the HTTP API on gw-a.
+    let r = node_on(&a, Some(&b), "private_presence.mjs").await;
+    assert_private_and_presence(&r);
+}
+
+/// What `private_presence.mjs` must have seen, on one node or across two.
+fn assert_private_and_presence(r: &Value) {
+    assert_eq!(r["refused"]["type"], "AuthError", "{r}");
+    assert_eq!(r["refused"]["status"], 401, "{r}");
+    // Sanitized as in §5 (bidi and C0 controls gone), delivered once, never echoed.
+    assert_eq!(r["whispered"], json!({"text": "hi there"}), "{r}");
+    assert_eq!(r["echoed"], json!([]), "{r}");
+    // The user_id comes back as the auth endpoint gave it (a number here).
+    assert_eq!(
+        r["member"],
+        json!({"id": 1, "info": {"name": "Alice"}}),
+        "{r}"
+    );
+    assert_eq!(r["membersSeenByTab2"]["count"], 2, "{r}");
+    assert_eq!(
+        r["membersSeenByTab2"]["me"],
+        json!({"id": 1, "info": {"name": "Alice"}}),
+        "{r}"
+    );
+    assert_eq!(r["ids"], json!(["1", "bob"]), "{r}");
+    assert_eq!(r["helloUser"], json!(1), "{r}");
+    assert_eq!(r["gone"]["id"], 1, "{r}");
+    // Two tabs of one user: one member_added, one member_removed.
+    assert_eq!(r["added"], 1, "{r}");
+    assert_eq!(r["removed"], 1, "{r}");
+}
+
+#[tokio::test]
+async fn client_events_past_the_rate_limit_get_4301_and_shutdown_closes_with_4200() {
+    let gw = Gateway::start_with(|s| {
+        with_app(s);
+        s.rate_limit(1, 2);
+    })
+    .await;
+    let mut c = gw
+        .open(socket_request(&gw, "/app/app-key?protocol=7", Some(ORIGIN)))
+        .await
+        .expect("accepted");
+    let hello = recv_event(&mut c).await;
+    let socket_id = hello["data"]["socket_id"].as_str().expect("socket_id");
+    let signature =
+        wsgate::pusher::sign::hmac_hex(SECRET.as_bytes(), &format!("{socket_id}:private-a"));
+    c.send(json!({"event":"pusher:subscribe",
+        "data":{"channel":"private-a","auth":format!("{KEY}:{signature}")}}))
+        .await;
+    let ok = recv_event(&mut c).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    // A burst of 2: the third whisper in a row is refused with 4301, the socket stays open.
+    for n in 0..3 {
+        c.send(json!({"event":"client-n","channel":"private-a","data":{"n":n}}))
+            .await;
+    }
+    let err = recv_event(&mut c).await;
+    assert_eq!(err["event"], "pusher:error", "{err}");
+    assert_eq!(err["data"]["code"], 4301, "{err}");
+    c.send(json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(recv_event(&mut c).await["event"], "pusher:pong");
+    // Shutdown: Pusher's "reconnect" close, 4200.
+    gw.signal("TERM");
+    assert_eq!(c.closed().await, Closed::Code(4200));
+}
