@@ -143,6 +143,8 @@ async fn per_ip_limits_and_logs_use_the_address_in_the_header() {
     a1.join("lobby").await;
 
     gw.wait_log_after("\"status\":429", skip).await;
+    // The log reader may lag the gateway: wait for all three accepted handshakes' lines.
+    gw.wait_log_count("\"result\":\"ok\"", skip, 3).await;
     let lines = handshake_lines(&gw, skip);
     let peers_with = |result: &str| -> Vec<String> {
         lines
