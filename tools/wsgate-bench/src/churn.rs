@@ -132,7 +132,7 @@ fn new_hist() -> Histogram<u64> {
 struct Rng(u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -140,10 +140,10 @@ impl Rng {
         z ^ (z >> 31)
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
     /// `mean` scaled by a uniform factor in [0.5, 1.5).
     fn around(&mut self, mean: Duration) -> Duration {
@@ -428,7 +428,7 @@ async fn good_client(
     let mut c = Good {
         ws,
         st,
-        rng: Rng(rng.next()),
+        rng: Rng(rng.next_u64()),
         shard,
         rooms: HashMap::new(),
         pending: HashMap::new(),
