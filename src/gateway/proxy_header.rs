@@ -116,7 +116,7 @@ pub async fn client_address(
 
 /// Whom a valid header speaks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+pub(crate) enum Source {
     /// A client's connection relayed by the proxy (PROXY command, TCP over IPv4 or IPv6).
     Client(SocketAddr),
     /// The proxy itself: a v2 `LOCAL` header (health checks), or one with no usable address
@@ -127,7 +127,7 @@ enum Source {
 
 /// Why a connection's first bytes are not a usable PROXY header.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-enum HeaderError {
+pub(crate) enum HeaderError {
     /// The bytes are not a PROXY header (a client that skipped the balancer, a balancer
     /// without `send-proxy`), or a malformed one. The detail is the parser's, never the bytes.
     #[error("not a valid PROXY protocol header: {0}")]
@@ -141,7 +141,7 @@ enum HeaderError {
 
 impl HeaderError {
     /// The refusal's `reason`, in the log line and in `wsgate_handshakes_total`.
-    fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             HeaderError::Invalid(_) | HeaderError::Truncated => "bad_proxy_header",
             HeaderError::TooLarge(_) => "proxy_header_too_large",
@@ -190,7 +190,7 @@ async fn read(tcp: &mut TcpStream) -> Result<Option<Source>, HeaderError> {
 
 /// What the first bytes of a connection are.
 #[derive(Debug, PartialEq, Eq)]
-enum Judged {
+pub(crate) enum Judged {
     /// A whole header of `len` bytes (whatever follows it is the client's).
     Header {
         len: usize,
@@ -205,7 +205,7 @@ enum Judged {
 }
 
 /// Judges `bytes`, the connection's first bytes, whatever has arrived of them.
-fn judge(bytes: &[u8]) -> Judged {
+pub(crate) fn judge(bytes: &[u8]) -> Judged {
     // The v2 signature starts with `\r`, a v1 header with `PROXY`: the first byte tells which.
     match v2::Header::try_from(bytes) {
         Err(v2::ParseError::Prefix) => judge_v1(bytes),
