@@ -255,7 +255,19 @@ fn judge_v1(bytes: &[u8]) -> Judged {
             Judged::Partial { total: None }
         };
     };
+    // The line must end with `\r\n`. The parser also takes a line that ends with a space
+    // and a bare `\n` (`PROXY UNKNOWN \n`, `... 51234 8443 \n`), reading the space as the
+    // separator before the line end; the specification allows no such line.
+    if end == 0 || bytes[end - 1] != b'\r' {
+        return Judged::Invalid(HeaderError::Invalid(
+            "the header line does not end with \\r\\n".into(),
+        ));
+    }
     match v1::Header::try_from(&bytes[..=end]) {
+        // The header is the whole line, or the line is not a header.
+        Ok(header) if header.header.len() != end + 1 => Judged::Invalid(HeaderError::Invalid(
+            "a carriage return inside the header line".into(),
+        )),
         Ok(header) => {
             let source = match header.addresses {
                 v1::Addresses::Tcp4(a) => client_v4(a),
@@ -410,6 +422,11 @@ mod tests {
             b"PROXY TCP4 2001:db8::7 10.0.0.11 51234 8443\r\n".to_vec(),
             b"PROXY TCP4 203.0.113.7 10.0.0.11 051234 8443\r\n".to_vec(),
             b"PROXY TCP4 203.0.113.7 10.0.0.11 51234 8443\n".to_vec(),
+            // A space before a bare line feed is no line end either.
+            b"PROXY TCP4 203.0.113.7 10.0.0.11 51234 8443 \n".to_vec(),
+            b"PROXY UNKNOWN 2001:db8::7 2001 \n\r\n".to_vec(),
+            b"PROXY UNKNOWN \n".to_vec(),
+            b"PROXY UNKNOWN \r \r\n".to_vec(),
             b"PROXY UDP4 203.0.113.7 10.0.0.11 51234 8443\r\n".to_vec(),
             b"proxy TCP4 203.0.113.7 10.0.0.11 51234 8443\r\n".to_vec(),
             // No line end within v1's 107 bytes.
