@@ -475,6 +475,31 @@ impl Config {
                 message: "not found (pass --config PATH)".into(),
             });
         }
+        Config::load_from(
+            config::File::from(path).format(config::FileFormat::Toml),
+            shown,
+            source.env,
+        )
+    }
+
+    /// [`Config::load`] of a TOML text instead of a file, with `env` in place of the process
+    /// environment: the same merge and the same checks.
+    pub(crate) fn load_toml_str(
+        toml: &str,
+        env: HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        Config::load_from(
+            config::File::from_str(toml, config::FileFormat::Toml),
+            "<string>".to_string(),
+            Some(env),
+        )
+    }
+
+    fn load_from(
+        file: impl config::Source + Send + Sync + 'static,
+        shown: String,
+        env_map: Option<HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
         let mut env = config::Environment::with_prefix("WSGATE")
             .prefix_separator("__")
             .separator("__")
@@ -483,9 +508,9 @@ impl Config {
         for key in LIST_KEYS {
             env = env.with_list_parse_key(key);
         }
-        let env = env.source(source.env);
+        let env = env.source(env_map);
         let built = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(file)
             .add_source(env)
             .build()
             .map_err(|e| ConfigError::File {
@@ -998,6 +1023,29 @@ mod tests {
             path: f.path(),
             env: Some(env),
         })
+    }
+
+    #[test]
+    fn a_text_loads_like_the_same_file() {
+        for text in [
+            "",
+            "[server]\nlisten = \"127.0.0.1:9443\"\n[origin]\nallowed = [\"https://*.example.com\"]\n",
+            "[limits]\nburts = 3\n",
+            "[server]\nmax_connections = 0\n",
+        ] {
+            let from_file = load_str(text, &[]).map_err(|e| e.to_string());
+            let from_text =
+                Config::load_toml_str(text, HashMap::new()).map_err(|e| e.to_string());
+            match (from_file, from_text) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{text}"),
+                (Err(a), Err(b)) => {
+                    // The same message, but for the name the text is shown by.
+                    let (a, b) = (a.rsplit(": ").next(), b.rsplit(": ").next());
+                    assert_eq!(a, b, "{text}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod hub;
 pub mod limits;

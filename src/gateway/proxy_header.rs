@@ -116,7 +116,7 @@ pub async fn client_address(
 
 /// Whom a valid header speaks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
+pub(crate) enum Source {
     /// A client's connection relayed by the proxy (PROXY command, TCP over IPv4 or IPv6).
     Client(SocketAddr),
     /// The proxy itself: a v2 `LOCAL` header (health checks), or one with no usable address
@@ -127,7 +127,7 @@ enum Source {
 
 /// Why a connection's first bytes are not a usable PROXY header.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-enum HeaderError {
+pub(crate) enum HeaderError {
     /// The bytes are not a PROXY header (a client that skipped the balancer, a balancer
     /// without `send-proxy`), or a malformed one. The detail is the parser's, never the bytes.
     #[error("not a valid PROXY protocol header: {0}")]
@@ -141,7 +141,7 @@ enum HeaderError {
 
 impl HeaderError {
     /// The refusal's `reason`, in the log line and in `wsgate_handshakes_total`.
-    fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             HeaderError::Invalid(_) | HeaderError::Truncated => "bad_proxy_header",
             HeaderError::TooLarge(_) => "proxy_header_too_large",
@@ -190,7 +190,7 @@ async fn read(tcp: &mut TcpStream) -> Result<Option<Source>, HeaderError> {
 
 /// What the first bytes of a connection are.
 #[derive(Debug, PartialEq, Eq)]
-enum Judged {
+pub(crate) enum Judged {
     /// A whole header of `len` bytes (whatever follows it is the client's).
     Header {
         len: usize,
@@ -205,7 +205,7 @@ enum Judged {
 }
 
 /// Judges `bytes`, the connection's first bytes, whatever has arrived of them.
-fn judge(bytes: &[u8]) -> Judged {
+pub(crate) fn judge(bytes: &[u8]) -> Judged {
     // The v2 signature starts with `\r`, a v1 header with `PROXY`: the first byte tells which.
     match v2::Header::try_from(bytes) {
         Err(v2::ParseError::Prefix) => judge_v1(bytes),
@@ -255,7 +255,19 @@ fn judge_v1(bytes: &[u8]) -> Judged {
             Judged::Partial { total: None }
         };
     };
+    // The line must end with `\r\n`. The parser also takes a line that ends with a space
+    // and a bare `\n` (`PROXY UNKNOWN \n`, `... 51234 8443 \n`), reading the space as the
+    // separator before the line end; the specification allows no such line.
+    if end == 0 || bytes[end - 1] != b'\r' {
+        return Judged::Invalid(HeaderError::Invalid(
+            "the header line does not end with \\r\\n".into(),
+        ));
+    }
     match v1::Header::try_from(&bytes[..=end]) {
+        // The header is the whole line, or the line is not a header.
+        Ok(header) if header.header.len() != end + 1 => Judged::Invalid(HeaderError::Invalid(
+            "a carriage return inside the header line".into(),
+        )),
         Ok(header) => {
             let source = match header.addresses {
                 v1::Addresses::Tcp4(a) => client_v4(a),
@@ -410,6 +422,11 @@ mod tests {
             b"PROXY TCP4 2001:db8::7 10.0.0.11 51234 8443\r\n".to_vec(),
             b"PROXY TCP4 203.0.113.7 10.0.0.11 051234 8443\r\n".to_vec(),
             b"PROXY TCP4 203.0.113.7 10.0.0.11 51234 8443\n".to_vec(),
+            // A space before a bare line feed is no line end either.
+            b"PROXY TCP4 203.0.113.7 10.0.0.11 51234 8443 \n".to_vec(),
+            b"PROXY UNKNOWN 2001:db8::7 2001 \n\r\n".to_vec(),
+            b"PROXY UNKNOWN \n".to_vec(),
+            b"PROXY UNKNOWN \r \r\n".to_vec(),
             b"PROXY UDP4 203.0.113.7 10.0.0.11 51234 8443\r\n".to_vec(),
             b"proxy TCP4 203.0.113.7 10.0.0.11 51234 8443\r\n".to_vec(),
             // No line end within v1's 107 bytes.
