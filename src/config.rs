@@ -204,10 +204,24 @@ impl AuthConfig {
     }
 }
 
+/// Largest secret file read: a secret is a few dozen bytes, and a path such as `/dev/zero`
+/// must not make a load read without end.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
 /// A secret from a file, one trailing newline trimmed.
 fn read_secret_file(key: &'static str, path: &str) -> Result<Vec<u8>, ConfigError> {
-    let mut secret = std::fs::read(path)
-        .map_err(|e| ConfigError::invalid(key, format!("cannot read {path}: {e}")))?;
+    use std::io::Read;
+    let cannot = |e: std::io::Error| ConfigError::invalid(key, format!("cannot read {path}: {e}"));
+    let mut secret = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_end(&mut secret))
+        .map_err(cannot)?;
+    if secret.len() as u64 > MAX_SECRET_FILE {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{path} is larger than 64 KiB: a secret file holds one secret"),
+        ));
+    }
     while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         secret.pop();
     }
@@ -1023,6 +1037,15 @@ mod tests {
             path: f.path(),
             env: Some(env),
         })
+    }
+
+    #[test]
+    fn a_secret_file_that_never_ends_is_refused_naming_its_key() {
+        let err = load_str("[auth]\nhs_secret_file = \"/dev/zero\"\n", &[])
+            .expect_err("refused at load")
+            .to_string();
+        assert!(err.contains("auth.hs_secret_file"), "{err}");
+        assert!(err.contains("larger than 64 KiB"), "{err}");
     }
 
     #[test]
