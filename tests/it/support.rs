@@ -647,27 +647,9 @@ impl Gateway {
 
     /// [`Gateway::connect`] from the address `local` (see [`Gateway::tcp_from`]).
     pub async fn connect_from(&self, local: std::net::IpAddr, sub: &str) -> Client {
-        let tls = tls_over(self.tcp_from(local).await, &self.ca)
+        self.open_on(self.tcp_from(local).await, sub)
             .await
-            .expect("tls handshake");
-        let mut req = self.request();
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            format!("wsgate.v1, bearer.{}", self.token(sub))
-                .parse()
-                .unwrap(),
-        );
-        let (ws, resp) = tokio_tungstenite::client_async(req, tls)
-            .await
-            .expect("handshake accepted");
-        let mut c = Client {
-            ws,
-            response: resp.map(|_| ()),
-            welcome: Value::Null,
-        };
-        c.welcome = c.recv().await;
-        assert_eq!(c.welcome["type"], "welcome", "{}", c.welcome);
-        c
+            .expect("handshake accepted")
     }
 
     /// Waits until `n` log lines after the first `skip` contain `needle`.
