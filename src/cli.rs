@@ -220,6 +220,7 @@ fn init_logging(cfg: &Config) -> FilterHandle {
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok());
     let filter = from_env.unwrap_or_else(|| EnvFilter::new(&cfg.log.level));
+    let log_level = log_bridge_level(&filter);
     let (filter, handle) = reload::Layer::new(filter);
     let fmt = match cfg.log.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
@@ -238,7 +239,24 @@ fn init_logging(cfg: &Config) -> FilterHandle {
         .with(filter)
         .with(fmt.with_filter(secret_caps()))
         .try_init();
+    log::set_max_level(log_level);
     handle
+}
+
+/// The most detailed level the `log` crate's macros (tungstenite, rustls) may pass on: the
+/// filter's. `try_init` sets it from every layer's filter, and the uncapped default of
+/// [`secret_caps`] makes that TRACE: each of tungstenite's per-frame `trace!` calls would then
+/// cross the bridge and be matched against the filter's directives before being dropped, a
+/// cost per delivered message. At the filter's own level they stop at one atomic load.
+fn log_bridge_level(filter: &EnvFilter) -> log::LevelFilter {
+    match filter.max_level_hint() {
+        Some(LevelFilter::OFF) => log::LevelFilter::Off,
+        Some(LevelFilter::ERROR) => log::LevelFilter::Error,
+        Some(LevelFilter::WARN) => log::LevelFilter::Warn,
+        Some(LevelFilter::INFO) => log::LevelFilter::Info,
+        Some(LevelFilter::DEBUG) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
 }
 
 /// Caps on targets whose detailed events carry payloads that may hold a token (a `refresh`
@@ -698,14 +716,13 @@ fn reload(running: &Running) {
         .max_connections
         .set(next.server.max_connections as i64);
     // Only the level filter is swapped: the secret caps stay (see `secret_caps`).
-    if current.log.level != next.log.level
-        && std::env::var_os("RUST_LOG").is_none()
-        && running
-            .filter
-            .reload(EnvFilter::new(&next.log.level))
-            .is_ok()
-    {
-        applied.push("log.level");
+    if current.log.level != next.log.level && std::env::var_os("RUST_LOG").is_none() {
+        let filter = EnvFilter::new(&next.log.level);
+        let log_level = log_bridge_level(&filter);
+        if running.filter.reload(filter).is_ok() {
+            log::set_max_level(log_level);
+            applied.push("log.level");
+        }
     }
     server.shared.live.store(Arc::new(live));
     for w in next.warnings() {
@@ -764,6 +781,16 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn the_log_bridge_passes_on_no_more_than_the_filter_lets_through() {
+        let level = |directives: &str| log_bridge_level(&EnvFilter::new(directives));
+        assert_eq!(level("info"), log::LevelFilter::Info);
+        assert_eq!(level("warn,wsgate=debug"), log::LevelFilter::Debug);
+        assert_eq!(level("error"), log::LevelFilter::Error);
+        assert_eq!(level("off"), log::LevelFilter::Off);
+        assert_eq!(level("info,tungstenite=trace"), log::LevelFilter::Trace);
     }
 
     #[test]
