@@ -50,6 +50,12 @@ pub struct BenchArgs {
     /// HS256 secret for the tokens (default: auth.hs_secret of --config)
     #[arg(long, env = "WSGATE_BENCH_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// Speak Pusher protocol 7 instead of the native one: --url is the app's socket URL
+    /// (`wss://host/app/KEY?protocol=7`), this is `KEY:SECRET` of that app; everyone joins the
+    /// channel `private-<room>` (auth signed here) and publishers send `client-bench` events
+    /// (the app needs `client_events = "members"`, its sockets the messages_per_second budget)
+    #[arg(long, env = "WSGATE_BENCH_PUSHER", hide_env_values = true)]
+    pub pusher: Option<String>,
     /// CA certificate to trust (default: certs/dev/ca.crt when it exists)
     #[arg(long)]
     pub ca: Option<PathBuf>,
@@ -160,6 +166,28 @@ fn now_ns(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
 }
 
+/// Finds `"key":<digits>` (or, inside a JSON string, `\"key\":<digits>`) without parsing.
+fn scan_field(text: &str, key: &str) -> Option<u64> {
+    let mut from = 0;
+    while let Some(i) = text[from..].find(key) {
+        let at = from + i;
+        from = at + key.len();
+        let rest = &text[from..];
+        let Some(rest) = rest.strip_prefix("\\\"").or_else(|| rest.strip_prefix('"')) else {
+            continue;
+        };
+        if !text[..at].ends_with('"') {
+            continue;
+        }
+        let rest = rest.trim_start_matches([' ', ':']);
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        return rest[..end].parse().ok();
+    }
+    None
+}
+
 /// Finds `"key":<digits>` in a JSON text without parsing it.
 fn scan_u64(text: &str, key: &str) -> Option<u64> {
     let at = text.find(key)? + key.len();
@@ -230,12 +258,36 @@ struct Target {
     origin: String,
     secret: Vec<u8>,
     src_ips: Vec<IpAddr>,
+    /// `--pusher`: the app's key and secret.
+    pusher: Option<PusherApp>,
+}
+
+/// The Pusher app the bench speaks to (`--pusher KEY:SECRET`).
+struct PusherApp {
+    key: String,
+    secret: Vec<u8>,
+}
+
+/// A connection and what it needs to join: its Pusher `socket_id` (native: none).
+struct Conn {
+    ws: Ws,
+    socket_id: Option<String>,
 }
 
 impl Target {
     async fn connect(&self, idx: usize, sub: &str) -> Result<Ws, String> {
         let tls = self.tls_only(idx).await?;
         self.upgrade(idx, tls, sub).await
+    }
+
+    /// A connection ready to join: native, or Pusher up to `pusher:connection_established`.
+    async fn open(&self, idx: usize, sub: &str) -> Result<Conn, String> {
+        let mut ws = self.connect(idx, sub).await?;
+        let socket_id = match self.pusher {
+            Some(_) => Some(pusher_socket_id(&mut ws).await?),
+            None => None,
+        };
+        Ok(Conn { ws, socket_id })
     }
 
     /// The node connection `idx` goes to (round-robin).
@@ -278,32 +330,21 @@ impl Target {
         sub: &str,
     ) -> Result<Ws, String> {
         let node = self.node(idx);
-        let now = wsgate::auth::unix_now();
-        let token = wsgate::auth::mint_hs256(
-            &self.secret,
-            &wsgate::auth::MintClaims {
-                sub,
-                exp: now + 3600,
-                iat: now,
-                name: None,
-                rooms: None,
-                iss: None,
-                aud: None,
-            },
-        )
-        .map_err(|e| format!("token: {e}"))?;
         let mut req = node
             .url
             .as_str()
             .into_client_request()
             .map_err(|e| format!("url: {e}"))?;
         let h = req.headers_mut();
-        if let Ok(v) = format!("wsgate.v1, bearer.{token}").parse() {
-            h.insert("sec-websocket-protocol", v);
-        }
         if !self.origin.is_empty() {
             if let Ok(v) = self.origin.parse() {
                 h.insert("origin", v);
+            }
+        }
+        if self.pusher.is_none() {
+            let token = self.token(sub)?;
+            if let Ok(v) = format!("wsgate.v1, bearer.{token}").parse() {
+                h.insert("sec-websocket-protocol", v);
             }
         }
         let (ws, _) = tokio_tungstenite::client_async(req, tls)
@@ -316,9 +357,93 @@ impl Target {
             })?;
         Ok(ws)
     }
+
+    /// A fresh token for `sub`, signed with the gateway's HS256 secret.
+    fn token(&self, sub: &str) -> Result<String, String> {
+        let now = wsgate::auth::unix_now();
+        wsgate::auth::mint_hs256(
+            &self.secret,
+            &wsgate::auth::MintClaims {
+                sub,
+                exp: now + 3600,
+                iat: now,
+                name: None,
+                rooms: None,
+                iss: None,
+                aud: None,
+            },
+        )
+        .map_err(|e| format!("token: {e}"))
+    }
 }
 
-async fn join(ws: &mut Ws, room: &str) -> Result<(), String> {
+/// Reads `pusher:connection_established` and returns its `socket_id`.
+async fn pusher_socket_id(ws: &mut Ws) -> Result<String, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Err("connection_established timeout".into()),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: serde_json::Value =
+                    serde_json::from_str(&t).map_err(|e| format!("pusher frame: {e}"))?;
+                if v["event"] != "pusher:connection_established" {
+                    return Err(format!("pusher: {}", v["event"]));
+                }
+                let data: serde_json::Value = v["data"]
+                    .as_str()
+                    .and_then(|d| serde_json::from_str(d).ok())
+                    .unwrap_or_default();
+                return data["socket_id"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| "pusher: no socket_id".into());
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => return Err("closed before connection_established".into()),
+        }
+    }
+}
+
+/// The Pusher channel a room is benched on.
+fn pusher_channel(room: &str) -> String {
+    format!("private-{room}")
+}
+
+/// Joins the room: native `join`, or a Pusher subscribe with the channel auth signed here.
+async fn join(conn: &mut Conn, room: &str, pusher: Option<&PusherApp>) -> Result<(), String> {
+    let (Some(app), Some(socket_id)) = (pusher, &conn.socket_id) else {
+        return join_native(&mut conn.ws, room).await;
+    };
+    let channel = pusher_channel(room);
+    let auth = format!(
+        "{}:{}",
+        app.key,
+        wsgate::pusher::sign::hmac_hex(&app.secret, &format!("{socket_id}:{channel}"))
+    );
+    let req = json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth}});
+    let ws = &mut conn.ws;
+    ws.send(Message::text(req.to_string()))
+        .await
+        .map_err(|e| format!("subscribe: {e}"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Err("subscribe timeout".into()),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if t.contains("pusher_internal:subscription_succeeded") {
+                    return Ok(());
+                }
+                if t.contains("pusher:subscription_error") || t.contains("pusher:error") {
+                    return Err(format!("subscribe refused: {t}"));
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => return Err("closed while subscribing".into()),
+        }
+    }
+}
+
+async fn join_native(ws: &mut Ws, room: &str) -> Result<(), String> {
     let req = json!({"type":"join","room":room,"id":1}).to_string();
     ws.send(Message::text(req))
         .await
@@ -342,7 +467,9 @@ async fn join(ws: &mut Ws, room: &str) -> Result<(), String> {
 }
 
 /// A subscriber: checks offsets, records latency.
-async fn subscribe(mut ws: Ws, sh: Arc<Shared>, shard: usize, subs: u64) {
+///
+/// Pusher events carry no room offset: with one publisher its `seq` is the order to check.
+async fn subscribe(mut ws: Ws, sh: Arc<Shared>, shard: usize, subs: u64, pusher: bool) {
     let mut last_offset: Option<u64> = None;
     // Latency samples are batched into one of the shared histograms: a histogram per
     // subscriber would cost ~140 KB each (gigabytes at 19k connections).
@@ -365,11 +492,13 @@ async fn subscribe(mut ws: Ws, sh: Arc<Shared>, shard: usize, subs: u64) {
             }
             Ok(_) => continue,
         };
-        let (Some(seq), Some(ts), Some(offset)) = (
-            scan_u64(&t, "\"seq\""),
-            scan_u64(&t, "\"ts\""),
-            scan_u64(&t, "\"offset\""),
-        ) else {
+        let seq = scan_field(&t, "seq");
+        let offset = if pusher {
+            seq
+        } else {
+            scan_u64(&t, "\"offset\"")
+        };
+        let (Some(seq), Some(ts), Some(offset)) = (seq, scan_field(&t, "ts"), offset) else {
             continue;
         };
         let now = now_ns(sh.epoch);
@@ -429,14 +558,15 @@ async fn publish(
     msg_bytes: usize,
     seqs: Arc<AtomicU64>,
     pace: Pace,
+    pusher: bool,
 ) {
     let pad = payload(msg_bytes);
     let (mut write, mut read) = ws.split_mut();
     let reader = async {
         while let Some(Ok(m)) = read.next().await {
             if let Message::Text(t) = m {
-                if t.contains("\"type\":\"error\"") {
-                    if t.contains("rate_limited") {
+                if t.contains("\"type\":\"error\"") || t.contains("pusher:error") {
+                    if t.contains("rate_limited") || t.contains("4301") {
                         sh.rate_limited.fetch_add(1, Relaxed);
                     } else {
                         sh.errors.fetch_add(1, Relaxed);
@@ -478,10 +608,17 @@ async fn publish(
                 break;
             }
             let seq = seqs.fetch_add(1, Relaxed);
-            let msg = format!(
-                r#"{{"type":"publish","room":"{room}","data":{{"seq":{seq},"ts":{},"pad":"{pad}"}}}}"#,
-                now_ns(sh.epoch)
-            );
+            let ts = now_ns(sh.epoch);
+            let msg = if pusher {
+                format!(
+                    r#"{{"event":"client-bench","channel":"{}","data":{{"seq":{seq},"ts":{ts},"pad":"{pad}"}}}}"#,
+                    pusher_channel(&room)
+                )
+            } else {
+                format!(
+                    r#"{{"type":"publish","room":"{room}","data":{{"seq":{seq},"ts":{ts},"pad":"{pad}"}}}}"#
+                )
+            };
             if write.send(Message::text(msg)).await.is_err() {
                 break;
             }
@@ -585,8 +722,26 @@ fn bench(args: BenchArgs) -> i32 {
 }
 
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let pusher = match &args.pusher {
+        Some(p) => {
+            let (key, secret) = p
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--pusher is KEY:SECRET"))?;
+            anyhow::ensure!(!args.churn, "--pusher does not go with --churn");
+            anyhow::ensure!(
+                args.publishers <= 1,
+                "--pusher checks the order of one publisher's events: --publishers 1"
+            );
+            Some(PusherApp {
+                key: key.to_string(),
+                secret: secret.as_bytes().to_vec(),
+            })
+        }
+        None => None,
+    };
     let secret = match &args.secret {
         Some(s) => s.clone().into_bytes(),
+        None if pusher.is_some() => Vec::new(),
         None => {
             let cfg = wsgate::config::Config::load(wsgate::config::Source {
                 path: std::path::Path::new("config/wsgate.toml"),
@@ -621,6 +776,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(parse_src_ips)
             .transpose()?
             .unwrap_or_default(),
+        pusher,
     });
     if args.churn {
         let pass = churn::run(&args, target).await?;
@@ -670,11 +826,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let _permit = sem.acquire_owned().await.ok()?;
             let sub = format!("bench-{i}");
             let r = async {
-                let mut ws = target.connect(i, &sub).await?;
+                let mut conn = target.open(i, &sub).await?;
                 if !hold {
-                    join(&mut ws, &room).await?;
+                    join(&mut conn, &room, target.pusher.as_ref()).await?;
                 }
-                Ok::<_, String>(ws)
+                Ok::<_, String>(conn.ws)
             }
             .await;
             match r {
@@ -731,6 +887,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             sh.clone(),
             i % HIST_SHARDS,
             subs,
+            target.pusher.is_some(),
         )));
     }
     let max_mode = args.rate == "max";
@@ -757,6 +914,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.msg_bytes,
             seqs.clone(),
             pace.clone(),
+            target.pusher.is_some(),
         )));
     }
 
@@ -881,6 +1039,10 @@ mod tests {
         assert_eq!(scan_u64(t, "\"ts\""), Some(7));
         assert_eq!(scan_u64(t, "\"offset\""), Some(9));
         assert_eq!(scan_u64(t, "\"nope\""), None);
+        let pusher = r#"{"event":"client-bench","data":"{\"seq\":5,\"ts\":8}"}"#;
+        assert_eq!(scan_field(pusher, "seq"), Some(5));
+        assert_eq!(scan_field(pusher, "ts"), Some(8));
+        assert_eq!(scan_field(t, "seq"), Some(42));
     }
 
     #[test]
