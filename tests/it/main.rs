@@ -8,6 +8,7 @@ mod hub;
 mod ops;
 mod proxy;
 mod pusher;
+mod pusher_clients;
 mod redis_broker;
 mod redis_server;
 mod session;
