@@ -35,3 +35,41 @@ async fn the_http_api_refuses_stale_mismatched_oversized_and_overlong_requests()
     expected.push(json!("wide-ok"));
     assert_eq!(r["seen"], Value::Array(expected), "{r}");
 }
+
+#[tokio::test]
+async fn laravel_echo_listens_authorizes_refuses_and_excludes_the_sender() {
+    let gw = Gateway::start_with(with_app).await;
+    let r = node(&gw, "echo_channels.mjs").await;
+    assert_eq!(r["publicEvent"], json!({"order": 7}), "{r}");
+    assert_eq!(r["privateEvent"], json!({"state": "packed"}), "{r}");
+    // Refused by the app's auth endpoint: Echo's error callback, before the gateway is asked.
+    assert_eq!(r["refused"]["type"], "AuthError", "{r}");
+    assert_eq!(r["refused"]["status"], 403, "{r}");
+    // A whisper on a public channel: pusher:error 4009, delivered to nobody.
+    assert_eq!(r["whisperError"]["type"], "PusherError", "{r}");
+    assert_eq!(r["whisperError"]["data"]["code"], 4009, "{r}");
+    assert_eq!(r["whispersOnNews"], json!([]), "{r}");
+    // toOthers(): the sender's socket_id excluded it, and only it.
+    assert_eq!(r["bobGot"], json!({"text": "hello"}), "{r}");
+    assert_eq!(r["aliceGot"], json!([]), "{r}");
+}
+
+#[tokio::test]
+async fn laravel_echo_presence_counts_a_user_with_two_tabs_once_and_whispers_skip_the_sender() {
+    let gw = Gateway::start_with(with_app).await;
+    let r = node(&gw, "echo_presence.mjs").await;
+    let alice = json!({"id": 1, "name": "Alice"});
+    let bob = json!({"id": "bob", "name": "Bob"});
+    assert_eq!(r["hereAlone"], json!([alice]), "{r}");
+    assert_eq!(r["hereBob1"], json!([1, "bob"]), "{r}");
+    assert_eq!(r["hereBob2"], json!([1, "bob"]), "{r}");
+    assert_eq!(r["joined"], bob, "{r}");
+    assert_eq!(r["joining"], json!([bob]), "{r}");
+    assert_eq!(r["left"], bob, "{r}");
+    assert_eq!(r["leaving"], json!([bob]), "{r}");
+    let whisper = json!({"name": "Alice", "typing": true});
+    assert_eq!(r["whispered"], json!([whisper, whisper]), "{r}");
+    assert_eq!(r["aliceWhispers"], json!([]), "{r}");
+    assert_eq!(r["reply"]["data"], json!({"text": "hi"}), "{r}");
+    assert_eq!(r["reply"]["meta"]["user_id"], json!("bob"), "{r}");
+}
