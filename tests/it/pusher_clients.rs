@@ -73,3 +73,14 @@ async fn laravel_echo_presence_counts_a_user_with_two_tabs_once_and_whispers_ski
     assert_eq!(r["reply"]["data"], json!({"text": "hi"}), "{r}");
     assert_eq!(r["reply"]["meta"]["user_id"], json!("bob"), "{r}");
 }
+
+#[tokio::test]
+async fn an_encrypted_channel_is_relayed_as_ciphertext_and_decrypted_by_the_client() {
+    let gw = Gateway::start_with(with_app).await;
+    let r = node(&gw, "echo_encrypted.mjs").await;
+    assert_eq!(r["decrypted"], json!({"pin": "4711", "note": "héllo"}), "{r}");
+    // The frame on the socket carried the SDK's envelope, not the data.
+    assert_eq!(r["relayedKeys"], json!(["ciphertext", "nonce"]), "{r}");
+    assert_eq!(r["plaintextOnTheWire"], false, "{r}");
+    assert!(!gw.logs().contains("4711"), "the plaintext reached the log");
+}
