@@ -161,7 +161,11 @@ async fn the_http_api_refuses_bad_signatures_and_unknown_apps() {
     assert!(!gw.logs().contains(SECRET), "the secret reached the log");
 }
 
-pub(crate) fn socket_request(gw: &Gateway, path_and_query: &str, origin: Option<&str>) -> http::Request<()> {
+pub(crate) fn socket_request(
+    gw: &Gateway,
+    path_and_query: &str,
+    origin: Option<&str>,
+) -> http::Request<()> {
     let mut req = format!("wss://localhost:{}{path_and_query}", gw.addr.port())
         .into_client_request()
         .expect("request");
