@@ -243,3 +243,35 @@ async fn a_socket_that_stops_reading_is_closed_with_4100_and_the_others_carry_on
         }
     }
 }
+
+#[tokio::test]
+async fn the_php_example_triggers_events_a_pusher_js_client_receives() {
+    if std::process::Command::new("php")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!("php is not installed: examples/pusher-php/trigger.php not run");
+        return;
+    }
+    let gw = Gateway::start_with(with_app).await;
+    let r = node(&gw, "php_trigger.mjs").await;
+    for run in ["sent", "excluded", "again"] {
+        assert_eq!(r[run]["code"], 0, "{r}");
+        assert_eq!(r[run]["stdout"], "200 {}", "{r}");
+    }
+    // The wrong secret: the gateway's 401, and the example's exit status 1.
+    assert_eq!(r["refused"]["code"], 1, "{r}");
+    assert!(
+        r["refused"]["stdout"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("401 ")),
+        "{r}"
+    );
+    assert_eq!(
+        r["received"],
+        json!([{"id": 42, "note": "héllo"}, {"id": 44}]),
+        "{r}"
+    );
+    assert!(!gw.logs().contains(SECRET), "the secret reached the log");
+}
