@@ -5,6 +5,7 @@ mod admission;
 mod edge;
 mod handshake;
 mod hub;
+mod npm;
 mod ops;
 mod proxy;
 mod pusher;
