@@ -8,6 +8,8 @@
 
 #[path = "browser/cdp.rs"]
 mod cdp;
+#[path = "it/npm.rs"]
+mod npm;
 #[path = "it/support.rs"]
 mod support;
 
@@ -388,6 +390,114 @@ fn node_unit_tests_of_the_client_pass() {
     };
     assert!(count("pass") > 0, "no test ran:\n{report}");
     assert_eq!(count("fail"), 0, "{report}");
+}
+
+/// The Pusher app of the Echo pages.
+const PUSHER_KEY: &str = "browser-app-key";
+const PUSHER_SECRET: &str = "browser-app-secret-0123456789abcdef";
+
+#[tokio::test]
+async fn echo_pages_meet_in_a_presence_channel_and_whisper() {
+    npm::install_packages();
+    let site = pusher_site();
+    let certs = Certs::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+    let port = listener.local_addr().unwrap().port();
+    let gw = Gateway::start_with(|s| {
+        s.set("server", "handshake_timeout", json!("30s"))
+            .set("server", "static_dir", json!(site.path()))
+            .set("tls", "cert", json!(certs.0.path().join("server.crt")))
+            .set("tls", "key", json!(certs.0.path().join("server.key")))
+            .set(
+                "pusher",
+                "apps",
+                json!([{
+                    "id": "2001",
+                    "key": PUSHER_KEY,
+                    "secret": PUSHER_SECRET,
+                    "allowed_origins": [format!("https://localhost:{port}")],
+                }]),
+            );
+    })
+    .await;
+    let _front = Proxy::start(listener, gw.addr);
+    let browser = Browser::launch(&certs.spki_sha256()).await;
+    let url = |user: &str, name: &str| {
+        format!(
+            "https://localhost:{port}/index.html#key={PUSHER_KEY}&secret={PUSHER_SECRET}&user={user}&name={name}"
+        )
+    };
+    let alice = browser.open(&url("1", "Alice")).await;
+    alice
+        .wait_for("alice's here", "window.__echo?.here?.length === 1")
+        .await;
+    let bob = browser.open(&url("2", "Bob")).await;
+    bob.wait_for("bob's here", "window.__echo?.here?.length === 2")
+        .await;
+    assert_eq!(
+        bob.eval("window.__echo.here.map(m => m.name).sort()").await,
+        json!(["Alice", "Bob"])
+    );
+    let joined = alice
+        .wait_for(
+            "bob joining",
+            "window.__echo.joining.length === 1 && window.__echo.joining",
+        )
+        .await;
+    assert_eq!(joined, json!([{"name": "Bob"}]));
+
+    // Alice's whisper appears on Bob's page, not on hers; Bob's answer on hers.
+    alice.eval("window.whisper('hi bob'), true").await;
+    let shown = bob
+        .wait_for(
+            "alice's whisper",
+            "document.querySelector('#whispers li')?.textContent",
+        )
+        .await;
+    assert_eq!(shown, json!("Alice: hi bob"));
+    bob.eval("window.whisper('hi alice'), true").await;
+    alice
+        .wait_for("bob's whisper", "window.__echo.whispers.length > 0")
+        .await;
+    assert_eq!(
+        alice.eval("window.__echo.whispers").await,
+        json!([{"from": "Bob", "text": "hi alice"}]),
+        "the sender never gets its own whisper"
+    );
+
+    // Bob goes: Alice's page sees him leave.
+    bob.eval("window.leave(), true").await;
+    let left = alice
+        .wait_for(
+            "bob leaving",
+            "window.__echo.leaving.length === 1 && window.__echo.leaving",
+        )
+        .await;
+    assert_eq!(left, json!([{"name": "Bob"}]));
+    for page in [&alice, &bob] {
+        assert_eq!(page.eval("window.__echo.errors").await, json!([]));
+    }
+}
+
+/// A static directory for the Echo pages: `tests/browser/pusher/` and the browser bundles of
+/// `pusher-js` and `laravel-echo` from the pinned npm packages.
+fn pusher_site() -> tempfile::TempDir {
+    let site = tempfile::tempdir().expect("tempdir");
+    let pages = crate_path("tests/browser/pusher");
+    let modules = npm::pusher_dir().join("node_modules");
+    for (from, to) in [
+        (pages.join("index.html"), "index.html"),
+        (pages.join("page.js"), "page.js"),
+        (
+            modules.join("pusher-js/dist/web/pusher.min.js"),
+            "pusher.js",
+        ),
+        (modules.join("laravel-echo/dist/echo.iife.js"), "echo.js"),
+    ] {
+        std::fs::copy(&from, site.path().join(to))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    }
+    site
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,8 +4,6 @@
 //! SDKs hide: the refusals before `101`, the close codes after it, keep-alive.
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -14,13 +12,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::npm::{install_packages, pusher_dir};
 use crate::support::*;
 
-const APP_ID: &str = "1001";
-const KEY: &str = "app-key";
-const SECRET: &str = "pusher-test-secret-0123456789abcdef";
+pub(crate) const APP_ID: &str = "1001";
+pub(crate) const KEY: &str = "app-key";
+pub(crate) const SECRET: &str = "pusher-test-secret-0123456789abcdef";
 
-fn with_app(s: &mut Settings) {
+pub(crate) fn with_app(s: &mut Settings) {
     // Node and its modules take a while to load on a busy machine; the handshake timeout's
     // own behaviour is tested elsewhere.
     s.set("server", "handshake_timeout", json!("30s"));
@@ -37,63 +36,14 @@ fn with_app(s: &mut Settings) {
     );
 }
 
-fn pusher_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pusher")
-}
-
-/// `npm ci` from the lockfile, once per test run, unless `node_modules` was installed from
-/// this very lockfile already (npm keeps its copy in `node_modules/.package-lock.json`).
-fn install_packages() {
-    static DONE: Mutex<bool> = Mutex::new(false);
-    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
-    if *done {
-        return;
-    }
-    let dir = pusher_dir();
-    let lock = std::fs::read_to_string(dir.join("package-lock.json")).expect("lockfile");
-    let installed = std::fs::read_to_string(dir.join("node_modules/.package-lock.json"));
-    let packages = |text: &str| {
-        serde_json::from_str::<Value>(text)
-            .map(|v| {
-                let mut p = v["packages"].clone();
-                if let Some(map) = p.as_object_mut() {
-                    map.remove("");
-                }
-                p
-            })
-            .ok()
-    };
-    if installed.is_ok_and(|i| packages(&i).is_some() && packages(&i) == packages(&lock)) {
-        *done = true;
-        return;
-    }
-    let out = Command::new("npm")
-        .args([
-            "ci",
-            "--prefer-offline",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-        ])
-        .current_dir(&dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run npm ({e}): install Node 20 and npm"));
-    assert!(
-        out.status.success(),
-        "npm ci failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    *done = true;
-}
-
 /// Runs `tests/pusher/<script>` against `gw`; returns its JSON result, or panics with its
 /// output when it fails.
-async fn node(gw: &Gateway, script: &str) -> Value {
+pub(crate) async fn node(gw: &Gateway, script: &str) -> Value {
     node_on(gw, None, script).await
 }
 
 /// [`node`] with a second gateway of the same cluster for the scripts that use one.
-async fn node_on(gw: &Gateway, second: Option<&Gateway>, script: &str) -> Value {
+pub(crate) async fn node_on(gw: &Gateway, second: Option<&Gateway>, script: &str) -> Value {
     install_packages();
     let mut cmd = tokio::process::Command::new("node");
     if let Some(other) = second {
@@ -161,7 +111,11 @@ async fn the_http_api_refuses_bad_signatures_and_unknown_apps() {
     assert!(!gw.logs().contains(SECRET), "the secret reached the log");
 }
 
-fn socket_request(gw: &Gateway, path_and_query: &str, origin: Option<&str>) -> http::Request<()> {
+pub(crate) fn socket_request(
+    gw: &Gateway,
+    path_and_query: &str,
+    origin: Option<&str>,
+) -> http::Request<()> {
     let mut req = format!("wss://localhost:{}{path_and_query}", gw.addr.port())
         .into_client_request()
         .expect("request");
@@ -172,7 +126,7 @@ fn socket_request(gw: &Gateway, path_and_query: &str, origin: Option<&str>) -> h
 }
 
 /// The next text frame, parsed, with Pusher's string-encoded `data` decoded.
-async fn recv_event(c: &mut Client) -> Value {
+pub(crate) async fn recv_event(c: &mut Client) -> Value {
     let mut v = c.recv().await;
     if let Some(data) = v["data"].as_str() {
         if let Ok(inner) = serde_json::from_str::<Value>(data) {
