@@ -414,9 +414,16 @@ where
                 reason: close::reason(code).into(),
             };
             self.shared.metrics.close_sent(code);
-            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.close(Some(frame))).await;
-            if code != close::SLOW {
-                // Wait briefly for the client's close reply so it sees a clean close.
+            let sent = matches!(
+                tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.ws.close(Some(frame))).await,
+                Ok(Ok(()))
+            );
+            // Wait briefly for the client's close reply so it sees a clean close, reading
+            // (and dropping) what it sends meanwhile: a socket closed with unread input is
+            // reset, and a reset makes the client's kernel discard what it has not read yet,
+            // the close frame included. A client too slow to read gets this only if its close
+            // frame went out (it is reading again: a pong to an old ping may be on its way).
+            if code != close::SLOW || sent {
                 let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
                     while let Some(Ok(_)) = self.ws.next().await {}
                 })

@@ -163,11 +163,12 @@ async fn a_socket_that_stops_reading_is_closed_with_4100_and_the_others_carry_on
     let gw = Gateway::start_with(|s| {
         with_app(s);
         s.set("limits", "send_queue", json!(16)).unlimited_rate();
-        // No server ping while the test runs: `slow` would answer one only once it reads
-        // again, after the gateway has gone, and that late pong makes the gateway's end reset
-        // the connection, losing the close frame (and `slow` must not be closed as idle).
+        // Server pings every second while `slow` stalls: it answers the queued ones only
+        // when it reads again, after its close frame went out, and the gateway must still be
+        // reading then (a pong to a closed socket resets the connection and the client loses
+        // the close frame). `slow` must not be closed as idle meanwhile.
         s.set("server", "idle_timeout", json!("1h"))
-            .set("server", "ping_interval", json!("1h"));
+            .set("server", "ping_interval", json!("1s"));
     })
     .await;
     let tcp = || TcpStream::connect(gw.addr);
