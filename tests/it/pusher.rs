@@ -712,6 +712,20 @@ async fn a_full_presence_channel_refuses_new_users_but_not_new_tabs() {
     ids.sort();
     assert_eq!(ids, ["\"bob\"", "1"], "{r}");
     assert_eq!(r["notPresence"], 400, "{r}");
+    // Three sockets of two users in presence-full; nobody in public-one.
+    assert_eq!(
+        r["triggered"],
+        json!({"channels": {
+            "presence-full": {"user_count": 2, "subscription_count": 3},
+            "public-one": {"subscription_count": 0},
+        }}),
+        "{r}"
+    );
+    assert_eq!(
+        r["batched"],
+        json!({"batch": [{"user_count": 2}, {}]}),
+        "{r}"
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 // max_presence_members (2 in this test's config): Alice and Bob fill presence-full; Carol's
 // subscription is refused with LimitReached and her socket stays connected; a second tab of
-// Alice is still let in. Then the HTTP API lists the channel's users.
+// Alice is still let in. Then the HTTP API lists the channel's users and answers a trigger's
+// `info`.
 import { authedClient, subscribed, next, server, run } from "./common.mjs";
 
 run(async () => {
@@ -28,6 +29,18 @@ run(async () => {
   } catch (e) {
     notPresence = e.status;
   }
+  // Trigger with info: the channels' counts after the publish (users, then sockets).
+  const triggered = await (
+    await api.trigger(["presence-full", "public-one"], "ping", {}, {
+      info: "user_count,subscription_count",
+    })
+  ).json();
+  const batched = await (
+    await api.triggerBatch([
+      { channel: "presence-full", name: "ping", data: {}, info: "user_count" },
+      { channel: "presence-other", name: "ping", data: {} },
+    ])
+  ).json();
   for (const p of [alice, bob, carol, aliceTab2]) p.disconnect();
-  return { refused, carolState, count, users, notPresence };
+  return { refused, carolState, count, users, notPresence, triggered, batched };
 });
