@@ -828,3 +828,25 @@ async fn pusher_connections_and_handshakes_have_their_own_protocol_series() {
     b.close_and_wait_gone().await;
     wait_metric(&gw, "wsgate_connections{protocol=\"pusher\"}", |v| v == 1.0).await;
 }
+
+#[tokio::test]
+async fn a_signin_takes_a_token_from_the_command_bucket() {
+    let gw = Gateway::start_with(|s| {
+        with_app(s);
+        s.set("limits", "commands_per_second", json!(1))
+            .set("limits", "command_burst", json!(1));
+    })
+    .await;
+    let (mut c, socket_id) = raw_socket(&gw).await;
+    let user_data = r#"{"id":"7"}"#;
+    c.send(signin(&socket_id, user_data)).await;
+    assert_eq!(recv_event(&mut c).await["event"], "pusher:signin_success");
+    // The bucket is empty: the same sign-in again is refused as over the rate (4301), the
+    // socket stays open.
+    c.send(signin(&socket_id, user_data)).await;
+    let err = recv_event(&mut c).await;
+    assert_eq!(err["event"], "pusher:error", "{err}");
+    assert_eq!(err["data"]["code"], 4301, "{err}");
+    c.send(json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(recv_event(&mut c).await["event"], "pusher:pong");
+}
