@@ -15,6 +15,44 @@ use prometheus_client::registry::Registry;
 
 use crate::protocol::close;
 
+/// The wire protocol of a session or a handshake: the `protocol` label. The native
+/// endpoint's series carry none (they are the series the gateway always had, so existing
+/// queries, alerts and dashboards read them unchanged); the Pusher endpoint's carry
+/// `protocol="pusher"`. `sum without (protocol)` counts both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Native,
+    Pusher,
+}
+
+impl Protocol {
+    fn label(self) -> Option<&'static str> {
+        match self {
+            Protocol::Native => None,
+            Protocol::Pusher => Some("pusher"),
+        }
+    }
+}
+
+/// A `protocol` label that is absent for the native protocol.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct ProtocolLabel {
+    protocol: Option<&'static str>,
+}
+
+impl EncodeLabelSet for ProtocolLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        if let Some(protocol) = self.protocol {
+            ("protocol", protocol).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
 /// Handshake outcomes, the `result` label of `wsgate_handshakes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeResult {
@@ -92,6 +130,7 @@ impl DropReason {
 struct HandshakeLabels {
     result: &'static str,
     reason: Option<&'static str>,
+    protocol: Option<&'static str>,
 }
 
 impl EncodeLabelSet for HandshakeLabels {
@@ -103,6 +142,9 @@ impl EncodeLabelSet for HandshakeLabels {
         ("result", self.result).encode(encoder.encode_label())?;
         if let Some(reason) = self.reason {
             ("reason", reason).encode(encoder.encode_label())?;
+        }
+        if let Some(protocol) = self.protocol {
+            ("protocol", protocol).encode(encoder.encode_label())?;
         }
         Ok(())
     }
@@ -126,7 +168,10 @@ struct CodeLabel {
 /// Every metric the gateway keeps.
 pub struct Metrics {
     registry: Registry,
+    /// Open native sessions (`wsgate_connections`).
     pub connections: Gauge,
+    /// Open Pusher sessions (`wsgate_connections{protocol="pusher"}`).
+    pub pusher_connections: Gauge,
     pub max_connections: Gauge,
     pub rooms: Gauge,
     pub messages_in: Counter,
@@ -187,12 +232,20 @@ impl Metrics {
 
     fn build(cluster: bool) -> Self {
         let mut registry = Registry::default();
-        let connections = Gauge::default();
+        let connection_family = Family::<ProtocolLabel, Gauge>::default();
         registry.register(
             "wsgate_connections",
-            "Open WebSocket sessions",
-            connections.clone(),
+            "Open WebSocket sessions (protocol=\"pusher\": of the Pusher endpoint)",
+            connection_family.clone(),
         );
+        let connections = connection_family
+            .get_or_create(&ProtocolLabel { protocol: None })
+            .clone();
+        let pusher_connections = connection_family
+            .get_or_create(&ProtocolLabel {
+                protocol: Protocol::Pusher.label(),
+            })
+            .clone();
         let max_connections = Gauge::default();
         registry.register(
             "wsgate_max_connections",
@@ -242,10 +295,13 @@ impl Metrics {
             handshakes.clone(),
         );
         // Present (at 0) from the first scrape, so rates and ratios over it start right away.
-        drop(handshakes.get_or_create(&HandshakeLabels {
-            result: HandshakeResult::Ok.as_str(),
-            reason: None,
-        }));
+        for protocol in [Protocol::Native, Protocol::Pusher] {
+            drop(handshakes.get_or_create(&HandshakeLabels {
+                result: HandshakeResult::Ok.as_str(),
+                reason: None,
+                protocol: protocol.label(),
+            }));
+        }
         let drop_family = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "wsgate_messages_dropped",
@@ -302,6 +358,7 @@ impl Metrics {
         Metrics {
             registry,
             connections,
+            pusher_connections,
             max_connections,
             rooms,
             messages_in,
@@ -324,24 +381,54 @@ impl Metrics {
         self.cluster.as_ref()
     }
 
-    /// Counts a handshake outcome that has no finer reason (e.g. `ok`).
+    /// Counts a handshake outcome that has no finer reason (e.g. `ok`). Before its request
+    /// is read (TLS, timeouts) a handshake counts as the native protocol's.
     pub fn handshake(&self, r: HandshakeResult) {
-        self.count_handshake(r, None);
+        self.count_handshake(Protocol::Native, r, None);
+    }
+
+    /// [`Metrics::handshake`] for an endpoint of `protocol`.
+    pub fn handshake_of(&self, protocol: Protocol, r: HandshakeResult) {
+        self.count_handshake(protocol, r, None);
     }
 
     /// Counts a refused handshake with its reason (e.g. `token_expired`); `reason` is one of
     /// the refusal's fixed names, never user data.
     pub fn handshake_refused(&self, r: HandshakeResult, reason: &'static str) {
-        self.count_handshake(r, Some(reason));
+        self.count_handshake(Protocol::Native, r, Some(reason));
     }
 
-    fn count_handshake(&self, r: HandshakeResult, reason: Option<&'static str>) {
+    /// [`Metrics::handshake_refused`] for an endpoint of `protocol`.
+    pub fn handshake_refused_of(
+        &self,
+        protocol: Protocol,
+        r: HandshakeResult,
+        reason: &'static str,
+    ) {
+        self.count_handshake(protocol, r, Some(reason));
+    }
+
+    fn count_handshake(
+        &self,
+        protocol: Protocol,
+        r: HandshakeResult,
+        reason: Option<&'static str>,
+    ) {
         self.handshakes
             .get_or_create(&HandshakeLabels {
                 result: r.as_str(),
                 reason,
+                protocol: protocol.label(),
             })
             .inc();
+    }
+
+    /// The open-sessions gauge of `protocol`.
+    pub fn connections_of(&self, protocol: Protocol) -> &Gauge {
+        match protocol {
+            Protocol::Native => &self.connections,
+            Protocol::Pusher => &self.pusher_connections,
+        }
     }
 
     pub fn dropped(&self, r: DropReason) {

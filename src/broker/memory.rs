@@ -499,6 +499,12 @@ impl Broker for MemoryBroker {
         ready(Ok(()))
     }
 
+    fn users<'a>(&'a self, room: &'a RoomName) -> BrokerFuture<'a, Vec<Arc<str>>> {
+        let stream = lock(self.shard(room)).get(room).cloned();
+        let users = stream.map_or_else(Vec::new, |s| lock(&s).users.iter().cloned().collect());
+        ready(Ok(users))
+    }
+
     fn presence_leave(&self, room: &RoomName, user: &Arc<str>) {
         let limit = self.settings.load().presence_limit;
         let handler = self.handler();

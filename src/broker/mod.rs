@@ -201,6 +201,9 @@ pub trait Broker: Send + Sync {
     /// were nowhere in it before. Resolves once the change is recorded.
     fn presence_join<'a>(&'a self, room: &'a RoomName, user: &'a Arc<str>) -> BrokerFuture<'a, ()>;
 
+    /// The room's users anywhere (every one: callers cap the rooms they ask about).
+    fn users<'a>(&'a self, room: &'a RoomName) -> BrokerFuture<'a, Vec<Arc<str>>>;
+
     /// `user`'s last session in `room` on this node left. Never waits and never fails (like
     /// [`Broker::unsubscribe`]).
     fn presence_leave(&self, room: &RoomName, user: &Arc<str>);

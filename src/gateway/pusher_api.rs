@@ -7,6 +7,12 @@
 //! | `POST /apps/{id}/batch_events` `{"batch":[{"name","data","channel","socket_id"?}]}` | 200 `{"batch":[{},…]}` |
 //! | `GET /apps/{id}/channels[?filter_by_prefix=…&info=user_count]` | 200 `{"channels":{name:{…}}}`: channels with subscribers |
 //! | `GET /apps/{id}/channels/{name}[?info=user_count,subscription_count]` | 200 `{"occupied":…,…}` |
+//! | `GET /apps/{id}/channels/{name}/users` | 200 `{"users":[{"id":…}]}`: a presence channel's users (400 for other channels) |
+//! | `POST /apps/{id}/users/{user}/terminate_connections` | 200 `{}`: every socket signed in as the user, on every node, closed with 4009 |
+//!
+//! `events` and `batch_events` take `info` (`user_count`, `subscription_count`): the answer
+//! then carries those attributes of each channel after the publish (`{"channels":{…}}`, and
+//! per event in a batch).
 //!
 //! Order of the checks: unknown app 404 (before any signature work), body over
 //! [`MAX_BODY_BYTES`] 413, signature ([`sign::verify_request`]) 401, then the request itself:
@@ -26,11 +32,12 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::auth::unix_now;
-use crate::broker::Origin;
+use crate::broker::{BrokerError, Origin};
 use crate::live::Shared;
+use crate::protocol::close;
 use crate::pusher::channel::{split_room, Channel, ChannelKind};
-use crate::pusher::wire::MAX_EVENT_DATA_BYTES;
-use crate::pusher::{parse_socket_id, sign, PusherApp};
+use crate::pusher::wire::{member_id, MAX_EVENT_DATA_BYTES};
+use crate::pusher::{parse_socket_id, sign, user_name, PusherApp};
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -81,8 +88,14 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Value, A
     match (&method, route.as_str()) {
         (&Method::POST, "events") => {
             let event: Event = parse_json(&body)?;
-            publish(shared, &app, event).await?;
-            Ok(json!({}))
+            let info = event.info.clone();
+            let channels = publish(shared, &app, event).await?;
+            match info {
+                Some(info) => {
+                    Ok(json!({ "channels": attributes(shared, &app, &channels, &info).await? }))
+                }
+                None => Ok(json!({})),
+            }
         }
         (&Method::POST, "batch_events") => {
             let batch: Batch = parse_json(&body)?;
@@ -95,21 +108,130 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Value, A
             for event in &batch.batch {
                 check_event(event)?;
             }
-            let n = batch.batch.len();
+            let mut answers = Vec::with_capacity(batch.batch.len());
             for event in batch.batch {
-                publish(shared, &app, event).await?;
+                let info = event.info.clone();
+                let channels = publish(shared, &app, event).await?;
+                answers.push(match info {
+                    // One channel per batched event: its attributes, flat.
+                    Some(info) => attributes(shared, &app, &channels, &info)
+                        .await?
+                        .into_iter()
+                        .next()
+                        .map_or_else(|| json!({}), |(_, v)| v),
+                    None => json!({}),
+                });
             }
-            Ok(json!({ "batch": vec![json!({}); n] }))
+            Ok(json!({ "batch": answers }))
         }
         (&Method::GET, "channels") => channels(shared, &app, &params).await,
         (&Method::GET, route) if route.starts_with("channels/") => {
-            let name = percent_encoding::percent_decode_str(&route["channels/".len()..])
-                .decode_utf8_lossy()
-                .into_owned();
-            channel_info(shared, &app, &name, &params).await
+            let rest = &route["channels/".len()..];
+            // Channel names have no `/`: a trailing `/users` is the users route.
+            match rest.strip_suffix("/users") {
+                Some(name) => channel_users(shared, &app, &decode(name)).await,
+                None => channel_info(shared, &app, &decode(rest), &params).await,
+            }
+        }
+        (&Method::POST, route) if route.starts_with("users/") => {
+            let user = route["users/".len()..]
+                .strip_suffix("/terminate_connections")
+                .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such endpoint"))?;
+            terminate(shared, &app, &decode(user)).await
         }
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
     }
+}
+
+/// A percent-encoded path segment, decoded.
+fn decode(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// What a broker failure answers: 503, the cause in the log only.
+fn unavailable(app: &PusherApp, what: &'static str, e: &BrokerError) -> ApiError {
+    warn!(app = %app.id, error = %e, "pusher api {what} failed");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable; retry later")
+}
+
+/// `GET /apps/{id}/channels/{name}/users`: a presence channel's users, anywhere.
+async fn channel_users(
+    shared: &Arc<Shared>,
+    app: &PusherApp,
+    name: &str,
+) -> Result<Value, ApiError> {
+    let channel = Channel::parse(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    if channel.kind != ChannelKind::Presence {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "users are listed for presence channels only",
+        ));
+    }
+    let members = shared
+        .hub
+        .broker()
+        .users(&channel.room(&app.id))
+        .await
+        .map_err(|e| unavailable(app, "users query", &e))?;
+    let mut ids: Vec<Value> = Vec::with_capacity(members.len());
+    for member in &members {
+        let id = member_id(member);
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
+    Ok(json!({ "users": users }))
+}
+
+/// `POST /apps/{id}/users/{user}/terminate_connections`: closes every socket signed in as
+/// the user in this app, on every node (the broker's disconnect), with Pusher's 4009.
+async fn terminate(shared: &Arc<Shared>, app: &PusherApp, user: &str) -> Result<Value, ApiError> {
+    if user.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a user id is required",
+        ));
+    }
+    let closed = shared
+        .hub
+        .broker()
+        .disconnect_user(&user_name(&app.id, user), close::KICKED)
+        .await
+        .map_err(|e| unavailable(app, "terminate_connections", &e))?;
+    info!(app = %app.id, closed, "pusher user connections terminated");
+    Ok(json!({}))
+}
+
+/// The `info` attributes of `channels` after a publish: `{channel: {attribute: n}}`, with
+/// `user_count` for presence channels only.
+async fn attributes(
+    shared: &Arc<Shared>,
+    app: &PusherApp,
+    channels: &[Channel],
+    info: &str,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let wanted = |a: &str| info.split(',').any(|w| w.trim() == a);
+    let (user_count, subscription_count) = (wanted("user_count"), wanted("subscription_count"));
+    let occupied = occupied(shared, app).await?;
+    let mut out = serde_json::Map::new();
+    for channel in channels {
+        let (users, sockets) = occupied
+            .iter()
+            .find(|(c, _, _)| *c == channel.name)
+            .map_or((0, 0), |(_, u, s)| (*u, *s));
+        let mut attrs = serde_json::Map::new();
+        if user_count && channel.kind == ChannelKind::Presence {
+            attrs.insert("user_count".into(), json!(users));
+        }
+        if subscription_count {
+            attrs.insert("subscription_count".into(), json!(sockets));
+        }
+        out.insert(channel.name.clone(), Value::Object(attrs));
+    }
+    Ok(out)
 }
 
 /// The app's channels with members anywhere in the cluster: `(channel, users, sockets)`.
@@ -117,10 +239,12 @@ async fn occupied(
     shared: &Arc<Shared>,
     app: &PusherApp,
 ) -> Result<Vec<(String, usize, usize)>, ApiError> {
-    let rooms = shared.hub.broker().rooms().await.map_err(|e| {
-        warn!(app = %app.id, error = %e, "pusher api channel query failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable; retry later")
-    })?;
+    let rooms = shared
+        .hub
+        .broker()
+        .rooms()
+        .await
+        .map_err(|e| unavailable(app, "channel query", &e))?;
     Ok(rooms
         .into_iter()
         .filter_map(|r| {
@@ -208,6 +332,9 @@ struct Event {
     channel: Option<String>,
     #[serde(default)]
     socket_id: Option<String>,
+    /// Attributes to answer with (`user_count`, `subscription_count`).
+    #[serde(default)]
+    info: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -263,25 +390,24 @@ fn check_event(event: &Event) -> Result<(Vec<Channel>, Option<Origin>), ApiError
     Ok((channels, excluded))
 }
 
-async fn publish(shared: &Arc<Shared>, app: &PusherApp, event: Event) -> Result<(), ApiError> {
+/// Publishes one event; returns its channels.
+async fn publish(
+    shared: &Arc<Shared>,
+    app: &PusherApp,
+    event: Event,
+) -> Result<Vec<Channel>, ApiError> {
     let (channels, excluded) = check_event(&event)?;
     let data = json!({ "event": event.name, "data": event.data_string() });
     let from: Arc<str> = Arc::from("@server");
-    for channel in channels {
+    for channel in &channels {
         let room = channel.room(&app.id);
-        if let Err(e) = shared
+        shared
             .hub
             .publish_excluding(room, from.clone(), data.clone(), excluded)
             .await
-        {
-            warn!(app = %app.id, error = %e, "pusher api publish failed");
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable; retry later",
-            ));
-        }
+            .map_err(|e| unavailable(app, "publish", &e))?;
     }
-    Ok(())
+    Ok(channels)
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {

@@ -50,7 +50,7 @@ use crate::gateway::session::{self, Accepted, Wire};
 use crate::limits::{ConnPermit, ConnectionCounter, HandshakeLimiter};
 use crate::live::Live;
 use crate::live::Shared;
-use crate::metrics::HandshakeResult;
+use crate::metrics::{HandshakeResult, Protocol};
 use crate::pusher::{self, wire::PusherWire};
 use crate::tls::ReloadableCert;
 
@@ -324,7 +324,7 @@ impl Server {
         };
         let admitted = match handshake::check(&req, peer.ip(), &gate) {
             Ok(a) => a,
-            Err(refusal) => return self.refused(&req, peer, refusal),
+            Err(refusal) => return self.refused(&req, peer, refusal, Protocol::Native),
         };
         self.shared.metrics.handshake(HandshakeResult::Ok);
         info!(peer = %peer.ip(), result = "ok", user = %admitted.identity.user, "handshake");
@@ -361,9 +361,11 @@ impl Server {
             });
         let upgrade = match checked {
             Ok(u) => u,
-            Err(refusal) => return self.refused(&req, peer, refusal),
+            Err(refusal) => return self.refused(&req, peer, refusal, Protocol::Pusher),
         };
-        self.shared.metrics.handshake(HandshakeResult::Ok);
+        self.shared
+            .metrics
+            .handshake_of(Protocol::Pusher, HandshakeResult::Ok);
         let protocol = pusher_protocol(req.uri().query());
         let app = match (app, protocol) {
             (Some(app), Some(_)) => app,
@@ -384,8 +386,9 @@ impl Server {
         };
         let hub = &self.shared.hub;
         let node = hub.node();
-        let place =
-            hub.admit_unnamed(|id| Arc::from(format!("@pusher:{}", pusher::socket_id(node, id))));
+        let place = hub.admit_unnamed(Protocol::Pusher, |id| {
+            Arc::from(format!("@pusher:{}", pusher::socket_id(node, id)))
+        });
         let socket_id: Arc<str> = Arc::from(pusher::socket_id(node, place.id()));
         info!(peer = %peer.ip(), result = "ok", protocol = "pusher", app = %app.id, socket_id = %socket_id, "handshake");
         let accepted = Accepted {
@@ -412,10 +415,11 @@ impl Server {
         req: &Request<Incoming>,
         peer: SocketAddr,
         refusal: handshake::Refusal,
+        protocol: Protocol,
     ) -> Response<Body> {
         self.shared
             .metrics
-            .handshake_refused(refusal.metric(), refusal.reason());
+            .handshake_refused_of(protocol, refusal.metric(), refusal.reason());
         // The refused Origin is what an operator needs to fix `origin.allowed`; it is
         // the client's text, so it is shortened (and escaped by the log formatter).
         let origin = matches!(

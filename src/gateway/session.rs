@@ -30,12 +30,15 @@ use tracing::{debug, info_span, warn};
 
 use crate::auth::{unix_now, Identity};
 use crate::broker::{BrokerError, Publication};
-use crate::hub::{Departure, JoinError, Outbound, SessionCtl, SessionHandle, SessionPlace};
+use crate::hub::{
+    Departure, JoinError, JoinTerms, Outbound, Replay, SessionCtl, SessionHandle, SessionPlace,
+};
 use crate::limits::{ConnPermit, MessageLimiter};
 use crate::live::Shared;
 use crate::metrics::DropReason;
-use crate::protocol::{close, ClientMsg, ErrorCode, RequestId, RoomName, ServerMsg};
-use crate::pusher::{self, wire::Decoded, wire::PusherWire};
+use crate::protocol::{close, ClientMsg, ErrorCode, RequestId, RoomName, ServerMsg, Since};
+use crate::pusher;
+use crate::pusher::wire::{Decoded, PusherWire, SignIn};
 use crate::sanitize::parse_client;
 
 /// Most queued frames written before one flush.
@@ -85,9 +88,27 @@ impl Wire {
         }
     }
 
-    /// The frame for a queued item (`None`: nothing to send), and the live publication it
-    /// carries, for the fan-out accounting.
-    fn frame(&self, item: Outbound) -> (Option<Message>, Option<Arc<Publication>>) {
+    /// The frames for a queued item (none, one, or two: a Pusher cache channel's
+    /// `subscription_succeeded` is followed by `pusher:cache_miss` when it has nothing to
+    /// replay), and the live publication it carries, for the fan-out accounting.
+    fn frame(&self, item: Outbound) -> Framed {
+        if let (Wire::Pusher(w), Outbound::Joined(j)) = (self, &item) {
+            let (joined, miss) = w.joined(j);
+            return Framed {
+                msg: joined.map(Message::Text),
+                then: miss.map(Message::Text),
+                live: None,
+            };
+        }
+        let (msg, live) = self.frame_one(item);
+        Framed {
+            msg,
+            then: None,
+            live,
+        }
+    }
+
+    fn frame_one(&self, item: Outbound) -> (Option<Message>, Option<Arc<Publication>>) {
         let text = |t: Utf8Bytes| Some(Message::Text(t));
         match (self, item) {
             (_, Outbound::Frame(f)) => (text(f), None),
@@ -121,8 +142,21 @@ impl Wire {
             ),
             (Wire::Pusher(w), Outbound::Replay(p)) => (text(w.publication(&p)), None),
             (Wire::Pusher(w), Outbound::Live(p)) => (text(w.publication(&p)), Some(p)),
-            (Wire::Pusher(w), Outbound::Joined(j)) => (w.joined(&j).and_then(text), None),
+            (Wire::Pusher(_), Outbound::Joined(_)) => (None, None), // framed by `frame`
             (Wire::Pusher(w), Outbound::Presence(n)) => (w.presence(&n).and_then(text), None),
+        }
+    }
+
+    /// How a session of this protocol joins `room`: as which presence member, with what
+    /// replay, under which cap on the room's users.
+    fn join_terms(&self, room: &RoomName, since: Option<Since>, user: &Arc<str>) -> JoinTerms {
+        match self {
+            Wire::Native => JoinTerms {
+                user: user.clone(),
+                replay: Replay::Since(since),
+                max_users: None,
+            },
+            Wire::Pusher(w) => w.join_terms(room, user),
         }
     }
 
@@ -133,6 +167,13 @@ impl Wire {
             Wire::Pusher(_) => pusher::wire::close_code(code),
         }
     }
+}
+
+/// A queued item's frames, and the live publication it carries.
+struct Framed {
+    msg: Option<Message>,
+    then: Option<Message>,
+    live: Option<Arc<Publication>>,
 }
 
 /// Everything a session needs from its handshake.
@@ -399,11 +440,11 @@ where
                 // read: its queue is full and its socket blocked.
                 let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
                     while let Ok(item) = self.rx.try_recv() {
-                        let (Some(msg), _) = self.wire.frame(item) else {
-                            continue;
-                        };
-                        if self.ws.feed(msg).await.is_err() {
-                            break;
+                        let framed = self.wire.frame(item);
+                        for msg in [framed.msg, framed.then].into_iter().flatten() {
+                            if self.ws.feed(msg).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 })
@@ -514,6 +555,7 @@ where
                     }
                 }
                 Decoded::Ignore => return None,
+                Decoded::SignIn(result) => return self.sign_in(result, &live.limits),
             },
         };
         match msg {
@@ -542,17 +584,12 @@ where
                     );
                     return self.refuse(id.as_ref(), ErrorCode::TooManyRooms, &message);
                 }
-                let user = match &self.wire {
-                    Wire::Pusher(w) => w.member_of(&room),
-                    Wire::Native => None,
-                }
-                .unwrap_or_else(|| self.handle.user.clone());
+                let terms = self.wire.join_terms(&room, since, &self.handle.user);
                 let join = self.shared.hub.clone().join_as(
                     self.handle.clone(),
                     room.clone(),
-                    since,
+                    terms,
                     id.clone(),
-                    user,
                 );
                 self.waiting = Some(Box::pin(async move {
                     let result = join.await;
@@ -649,6 +686,41 @@ impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    /// A Pusher sign-in (it takes a command token): the socket answers to its user for
+    /// disconnects from then on and may subscribe to the user's own channel. A refused one
+    /// closes the socket (Pusher's 4009).
+    fn sign_in(
+        &mut self,
+        result: Result<SignIn, &'static str>,
+        limits: &crate::config::LimitsConfig,
+    ) -> Option<u16> {
+        if !self.command_allowed(limits) {
+            return self.rate_limited(None, &commands_exceeded(limits));
+        }
+        let Wire::Pusher(w) = &mut self.wire else {
+            return None;
+        };
+        match result {
+            Err(message) => {
+                debug!(reason = message, "pusher signin refused");
+                let frame = w.signin_refused(message);
+                self.handle
+                    .send(Outbound::Frame(frame), &self.shared.metrics);
+                Some(close::KICKED)
+            }
+            Ok(signin) => {
+                let frame = w.signed_in(&signin);
+                self.shared
+                    .hub
+                    .set_aliases(&self.handle, w.user_names(&signin.user));
+                self.handle
+                    .send(Outbound::Frame(frame), &self.shared.metrics);
+                self.refused_streak = 0;
+                None
+            }
+        }
+    }
+
     /// Applies the broker's answer to a join or publish; returns a close code when the abuse
     /// limit is reached.
     fn apply(&mut self, answer: Answer) -> Option<u16> {
@@ -670,6 +742,14 @@ where
                     ErrorCode::BadRequest,
                     "already joined this room",
                 )
+            }
+            Answer::Join {
+                id,
+                result: Err(JoinError::Full(max)),
+                ..
+            } => {
+                let message = format!("the channel is full ({max} members)");
+                return self.refuse(id.as_ref(), ErrorCode::TooManyRooms, &message);
             }
             Answer::Join {
                 id,
@@ -754,13 +834,13 @@ where
     let mut count = 0u64;
     let mut bytes = 0u64;
     while let Some(it) = item {
-        let (msg, live) = wire.frame(it);
-        if let Some(msg) = msg {
+        let framed = wire.frame(it);
+        for msg in [framed.msg, framed.then].into_iter().flatten() {
             bytes += msg.len() as u64;
             ws.feed(msg).await.map_err(|_| WriteError::Socket)?;
             count += 1;
         }
-        if let Some(p) = live {
+        if let Some(p) = framed.live {
             settled.push(p);
         }
         if count as usize >= MAX_BATCH {

@@ -62,6 +62,29 @@ pub struct JoinedRoom {
     pub members: Vec<Arc<str>>,
     pub members_total: Option<usize>,
     pub id: Option<RequestId>,
+    /// How many publications the join replays (they follow this in the queue).
+    pub replayed: usize,
+}
+
+/// What a join replays before live traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// What the session missed after a position it had (`None`: nothing).
+    Since(Option<Since>),
+    /// The room's last message, while its history holds it (Pusher's cache channels).
+    Last,
+}
+
+/// How a session joins a room.
+#[derive(Debug, Clone)]
+pub struct JoinTerms {
+    /// Who the member is in the room's presence (normally its session's user; a Pusher socket
+    /// is a presence channel's member under the `user_id` its channel auth names).
+    pub user: Arc<str>,
+    pub replay: Replay,
+    /// Most distinct users the room may have: a new user past it is refused (Pusher's
+    /// `max_presence_members`); another session of a user already there is not.
+    pub max_users: Option<usize>,
 }
 
 /// A presence change in a room, before framing.
@@ -185,6 +208,9 @@ enum Delivery {
 pub enum JoinError {
     #[error("already joined this room")]
     AlreadyJoined,
+    /// The room has its [`JoinTerms::max_users`] distinct users, and this one is not among them.
+    #[error("the room is full ({0} users)")]
+    Full(usize),
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
@@ -205,6 +231,8 @@ pub struct Hub {
     rooms: RwLock<HashMap<RoomName, Arc<Mutex<Room>>>>,
     broker: Arc<dyn Broker>,
     sessions_by_user: Mutex<registry::SessionsByUser>,
+    /// The other names sessions answer to for disconnects (a Pusher socket's signed-in user).
+    aliases: Mutex<registry::Aliases>,
     next_session: std::sync::atomic::AtomicU64,
     /// Most publications buffered for one joining member before it counts as slow.
     recovery_buffer: AtomicUsize,
@@ -227,6 +255,7 @@ impl Hub {
             rooms: RwLock::new(HashMap::new()),
             broker,
             sessions_by_user: Mutex::new(HashMap::new()),
+            aliases: Mutex::new(registry::Aliases::default()),
             next_session: std::sync::atomic::AtomicU64::new(1),
             recovery_buffer: AtomicUsize::new(send_queue),
             metrics,
@@ -280,21 +309,24 @@ impl Hub {
         since: Option<Since>,
         id: Option<RequestId>,
     ) -> Result<(), JoinError> {
-        let user = handle.user.clone();
-        self.join_as(handle, room, since, id, user).await
+        let terms = JoinTerms {
+            user: handle.user.clone(),
+            replay: Replay::Since(since),
+            max_users: None,
+        };
+        self.join_as(handle, room, terms, id).await
     }
 
-    /// [`Hub::join`] with the member counted in the room's presence as `user` rather than
-    /// the session's own user: a Pusher socket is a presence channel's member under the
-    /// `user_id` its channel auth names, which may differ from one channel to the next.
+    /// [`Hub::join`] on other terms: another presence identity, another replay, a cap on
+    /// the room's users.
     pub async fn join_as(
         self: Arc<Self>,
         handle: SessionHandle,
         room: RoomName,
-        since: Option<Since>,
+        terms: JoinTerms,
         id: Option<RequestId>,
-        user: Arc<str>,
     ) -> Result<(), JoinError> {
+        let user = terms.user;
         // 1. Become a joining member: live traffic is buffered from now on.
         let (entry, first_of_user) = self.add_member(&handle, &room, &user)?;
         let mut joining = Joining {
@@ -310,10 +342,34 @@ impl Hub {
         self.broker.subscribe(&room).await?;
         joining.subscribed = true;
         if first_of_user {
+            if let Some(max) = terms.max_users {
+                // Checked before the user is announced. Two new users joining at once may
+                // both see the last free place: the cap is a guard, not a reservation.
+                let users = self.broker.users(&room).await?;
+                if users.len() >= max && !users.contains(&user) {
+                    return Err(JoinError::Full(max));
+                }
+            }
             self.broker.presence_join(&room, &user).await?;
             joining.presence = Some(true);
         }
-        let recovery = self.broker.recover(&room, since.as_ref()).await?;
+        let recovery = match terms.replay {
+            Replay::Since(since) => self.broker.recover(&room, since.as_ref()).await?,
+            Replay::Last => {
+                // The room's position, then what follows the message before its last one.
+                let now = self.broker.recover(&room, None).await?;
+                match now.offset.checked_sub(1) {
+                    None => now,
+                    Some(offset) => {
+                        let since = Since {
+                            epoch: now.epoch.to_string(),
+                            offset,
+                        };
+                        self.broker.recover(&room, Some(&since)).await?
+                    }
+                }
+            }
+        };
         // 3. Queue joined + replay + what was buffered past it, then go live.
         self.go_live(&entry, &handle, &room, recovery, id.as_ref());
         joining.done = true;
@@ -397,6 +453,7 @@ impl Hub {
             members: recovery.members,
             members_total: recovery.members_total,
             id: id.cloned(),
+            replayed: recovery.publications.len(),
         };
         let h = member.handle.clone();
         let mut ok = h.send(Outbound::Joined(Box::new(joined)), &self.metrics);

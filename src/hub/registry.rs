@@ -8,11 +8,36 @@ use std::sync::Arc;
 
 use super::{lock, Hub, SessionHandle};
 use crate::broker::SessionId;
+use crate::metrics::Protocol;
 
 /// Every session on this node by user, from its handshake on: the count
 /// `limits.max_connections_per_user` caps, and the handles the admin API's disconnect closes.
-/// A place is `None` from the handshake that took it until its session registers.
-pub(super) type SessionsByUser = HashMap<Arc<str>, HashMap<SessionId, Option<SessionHandle>>>;
+/// A place is `None` from the handshake that took it until its session registers; then it
+/// holds the session's handle and protocol (whose connection gauge counts it).
+pub(super) type SessionsByUser =
+    HashMap<Arc<str>, HashMap<SessionId, Option<(SessionHandle, Protocol)>>>;
+
+/// Sessions by the other names they answer to for disconnects: a Pusher socket signed in as a
+/// user is closed by `/api/disconnect` for that user and by the app's `terminate_connections`,
+/// though its place is under its own `socket_id` (no per-user cap applies to it).
+#[derive(Default)]
+pub(super) struct Aliases {
+    by_name: HashMap<Arc<str>, HashMap<SessionId, SessionHandle>>,
+    of_session: HashMap<SessionId, Vec<Arc<str>>>,
+}
+
+impl Aliases {
+    fn remove(&mut self, id: SessionId) {
+        for name in self.of_session.remove(&id).unwrap_or_default() {
+            if let Some(sessions) = self.by_name.get_mut(&name) {
+                sessions.remove(&id);
+                if sessions.is_empty() {
+                    self.by_name.remove(&name);
+                }
+            }
+        }
+    }
+}
 
 /// The user already has `limits.max_connections_per_user` sessions (or handshakes about to
 /// become sessions) on this node.
@@ -26,6 +51,7 @@ pub struct SessionPlace {
     hub: Arc<Hub>,
     user: Arc<str>,
     id: SessionId,
+    protocol: Protocol,
 }
 
 impl SessionPlace {
@@ -60,13 +86,15 @@ impl Hub {
             hub: self.clone(),
             user: user.clone(),
             id,
+            protocol: Protocol::Native,
         })
     }
 
-    /// Takes a place for a session whose user is named after its own id (a Pusher socket,
-    /// which is nobody until it signs in): one place per name, so no cap applies.
+    /// Takes a place for a session of `protocol` whose user is named after its own id (a
+    /// Pusher socket, which is nobody until it signs in): one place per name, so no cap applies.
     pub fn admit_unnamed(
         self: &Arc<Self>,
+        protocol: Protocol,
         name: impl FnOnce(SessionId) -> Arc<str>,
     ) -> SessionPlace {
         let id = self.next_session_id();
@@ -79,6 +107,7 @@ impl Hub {
             hub: self.clone(),
             user,
             id,
+            protocol,
         }
     }
 
@@ -92,8 +121,8 @@ impl Hub {
             .or_default()
             .entry(place.id)
             .or_default();
-        if entry.replace(handle.clone()).is_none() {
-            self.metrics.connections.inc();
+        if entry.replace((handle.clone(), place.protocol)).is_none() {
+            self.metrics.connections_of(place.protocol).inc();
         }
     }
 
@@ -103,30 +132,46 @@ impl Hub {
         self.remove_session(&handle.user, handle.id);
     }
 
+    /// Makes a session answer to `names` (instead of the names it had) for disconnects.
+    pub fn set_aliases(&self, handle: &SessionHandle, names: Vec<Arc<str>>) {
+        let mut aliases = lock(&self.aliases);
+        aliases.remove(handle.id);
+        for name in &names {
+            aliases
+                .by_name
+                .entry(name.clone())
+                .or_default()
+                .insert(handle.id, handle.clone());
+        }
+        aliases.of_session.insert(handle.id, names);
+    }
+
     /// Frees the place `id` of `user`, if it is still taken.
     fn remove_session(&self, user: &Arc<str>, id: SessionId) {
+        lock(&self.aliases).remove(id);
         let mut by_user = lock(&self.sessions_by_user);
         let Some(places) = by_user.get_mut(user) else {
             return;
         };
-        if let Some(Some(_)) = places.remove(&id) {
-            self.metrics.connections.dec();
+        if let Some(Some((_, protocol))) = places.remove(&id) {
+            self.metrics.connections_of(protocol).dec();
         }
         if places.is_empty() {
             by_user.remove(user);
         }
     }
 
-    /// Closes every session of `user` on this node with `code`; returns how many.
+    /// Closes every session of `user` on this node with `code` (the sessions that answer to
+    /// it as an alias too); returns how many.
     pub fn disconnect_local_sessions(&self, user: &str, code: u16) -> usize {
-        let by_user = lock(&self.sessions_by_user);
-        by_user.get(user).map_or(0, |places| {
-            places
-                .values()
-                .flatten()
-                .filter(|h| h.ctl.close(code))
-                .count()
-        })
+        let mut handles: Vec<SessionHandle> = lock(&self.sessions_by_user)
+            .get(user)
+            .map(|places| places.values().flatten().map(|(h, _)| h.clone()).collect())
+            .unwrap_or_default();
+        if let Some(aliased) = lock(&self.aliases).by_name.get(user) {
+            handles.extend(aliased.values().cloned());
+        }
+        handles.iter().filter(|h| h.ctl.close(code)).count()
     }
 
     /// Sessions registered on this node.
@@ -246,5 +291,20 @@ mod tests {
             "already closing"
         );
         assert_eq!(hub.disconnect_local_sessions("nobody", close::KICKED), 0);
+    }
+
+    #[test]
+    fn a_session_is_closed_by_its_aliases_until_it_unregisters() {
+        let hub = hub();
+        let anon: Arc<str> = Arc::from("@pusher:1.1");
+        let place = hub.admit(&anon, 9).unwrap();
+        let handle = session(&hub, &place, &anon);
+        hub.set_aliases(&handle, vec![Arc::from("alice"), Arc::from("@app/alice")]);
+        hub.set_aliases(&handle, vec![Arc::from("bob")]);
+        assert_eq!(hub.disconnect_local_sessions("alice", close::KICKED), 0);
+        assert_eq!(hub.disconnect_local_sessions("bob", close::KICKED), 1);
+        hub.unregister(&handle);
+        assert!(lock(&hub.aliases).by_name.is_empty());
+        assert!(lock(&hub.aliases).of_session.is_empty());
     }
 }

@@ -81,6 +81,19 @@ impl Channel {
     }
 }
 
+/// Whether a channel keeps its last event for new subscribers: `cache-`, `private-cache-`,
+/// `private-encrypted-cache-` and `presence-cache-` channels.
+pub fn is_cache(channel: &str) -> bool {
+    [
+        "cache-",
+        "private-cache-",
+        "private-encrypted-cache-",
+        "presence-cache-",
+    ]
+    .iter()
+    .any(|prefix| channel.starts_with(prefix))
+}
+
 fn channel_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'=' | b'@' | b',' | b'.' | b';')
 }
@@ -120,6 +133,10 @@ mod tests {
         assert!(Channel::parse("#other").is_err());
         assert!(Channel::parse(&"a".repeat(165)).is_err());
         assert!(Channel::parse(&"a".repeat(164)).is_ok());
+        for cached in ["cache-a", "private-cache-a", "presence-cache-a"] {
+            assert!(is_cache(cached), "{cached}");
+        }
+        assert!(!is_cache("private-a") && !is_cache("a-cache-"));
     }
 
     #[test]

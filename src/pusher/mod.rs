@@ -103,6 +103,12 @@ pub fn socket_id(node: NodeId, session: SessionId) -> String {
     format!("{node}.{session}")
 }
 
+/// The name a socket signed in as `user` in app `app` answers to for disconnects (the HTTP
+/// API's `terminate_connections`). `@` starts no token's `sub`, so no native user has it.
+pub fn user_name(app: &str, user: &str) -> String {
+    format!("@pusher-user/{app}/{user}")
+}
+
 /// The session a `socket_id` names, or `None` when it is not one of ours.
 pub fn parse_socket_id(s: &str) -> Option<Origin> {
     let (node, session) = s.split_once('.')?;

@@ -3,6 +3,8 @@
 //! - Channel auth (private, presence): `auth` is `<key>:<hmac("<socket_id>:<channel>")>`, and
 //!   for presence `<hmac("<socket_id>:<channel>:<channel_data>")>` over the exact
 //!   `channel_data` string the client sent.
+//! - User sign-in (`pusher:signin`): `auth` is `<key>:<hmac("<socket_id>::user::<user_data>")>`
+//!   over the exact `user_data` string the client sent.
 //! - HTTP API requests: `auth_signature = hmac("<METHOD>\n<path>\n<query>")`, the query being
 //!   every parameter but `auth_signature`, decoded, sorted by name, joined as `k=v` with `&`.
 //!   `auth_timestamp` within [`MAX_CLOCK_SKEW`] of now, and `body_md5` the MD5 of the body
@@ -53,17 +55,24 @@ pub fn channel_auth_ok(
     channel: &str,
     channel_data: Option<&str>,
 ) -> bool {
-    let Some((key, signature)) = auth.split_once(':') else {
-        return false;
-    };
-    if key != app.key {
-        return false;
-    }
     let message = match channel_data {
         Some(data) => format!("{socket_id}:{channel}:{data}"),
         None => format!("{socket_id}:{channel}"),
     };
-    same(&hmac_hex(app.secret(), &message), signature)
+    signs(app, auth, &message)
+}
+
+/// Whether `auth` (`<key>:<signature>`) signs `socket_id::user::user_data` for `app`.
+pub fn user_auth_ok(app: &PusherApp, auth: &str, socket_id: &str, user_data: &str) -> bool {
+    signs(app, auth, &format!("{socket_id}::user::{user_data}"))
+}
+
+/// Whether `auth` is `<the app's key>:<hmac(message)>`.
+fn signs(app: &PusherApp, auth: &str, message: &str) -> bool {
+    let Some((key, signature)) = auth.split_once(':') else {
+        return false;
+    };
+    key == app.key && same(&hmac_hex(app.secret(), message), signature)
 }
 
 /// Why an HTTP API request's signature was refused (each a 401).
@@ -205,6 +214,18 @@ mod tests {
             "private-foobar",
             None
         ));
+    }
+
+    #[test]
+    fn user_auth_signs_the_socket_and_the_exact_user_data() {
+        let app = app();
+        let data = r#"{"id":"42"}"#;
+        let sig = hmac_hex(app.secret(), &format!("1.2::user::{data}"));
+        let auth = format!("{}:{sig}", app.key);
+        assert!(user_auth_ok(&app, &auth, "1.2", data));
+        assert!(!user_auth_ok(&app, &auth, "1.3", data));
+        assert!(!user_auth_ok(&app, &auth, "1.2", r#"{"id": "42"}"#));
+        assert!(!user_auth_ok(&app, &format!("other:{sig}"), "1.2", data));
     }
 
     #[test]

@@ -22,11 +22,11 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::broker::Publication;
-use crate::hub::{JoinedRoom, PresenceNotice};
+use crate::hub::{JoinTerms, JoinedRoom, PresenceNotice, Replay};
 use crate::protocol::{
     to_json, ClientMsg, ErrorCode, PresenceEvent, RequestId, RoomName, ServerMsg,
 };
-use crate::pusher::channel::{channel_of, Channel, ChannelKind};
+use crate::pusher::channel::{channel_of, is_cache, Channel, ChannelKind};
 use crate::pusher::{sign, PusherApp};
 use crate::sanitize::{json_depth, sanitize_value, MAX_DEPTH};
 
@@ -117,7 +117,45 @@ pub enum Decoded {
     },
     /// Nothing to do (an event this gateway does not act on).
     Ignore,
+    /// `pusher:signin`: the user its signature vouches for, or why it was refused (a refused
+    /// sign-in closes the socket, as with Pusher).
+    SignIn(Result<SignIn, &'static str>),
 }
+
+/// A checked `pusher:signin`: the user the app's signature vouches for.
+#[derive(Debug)]
+pub struct SignIn {
+    pub user: Arc<str>,
+    /// The `user_data` string the app signed, returned in `pusher:signin_success`.
+    user_data: String,
+}
+
+/// `pusher:signin`'s data.
+#[derive(Deserialize)]
+struct SigninData {
+    auth: String,
+    user_data: String,
+}
+
+/// The fields of `user_data` the gateway reads.
+#[derive(Deserialize)]
+struct UserData {
+    id: Value,
+}
+
+/// The user a signed `user_data` names: its `id`, a non-empty string (what pusher-js
+/// requires) that makes a valid `#server-to-user-<id>` channel name.
+fn signin_user(user_data: &str) -> Option<Arc<str>> {
+    let data: UserData = serde_json::from_str(user_data).ok()?;
+    let Value::String(id) = data.id else {
+        return None;
+    };
+    let channel = Channel::parse(&format!("{SERVER_TO_USER}{id}")).ok()?;
+    (channel.kind == ChannelKind::ServerToUser).then(|| Arc::from(id))
+}
+
+/// The prefix of a signed-in user's own channel.
+const SERVER_TO_USER: &str = "#server-to-user-";
 
 /// The client's frame.
 #[derive(Deserialize)]
@@ -184,6 +222,11 @@ fn member_parts(key: &str) -> (Value, Value) {
     (id_value, serde_json::from_str(info).unwrap_or(Value::Null))
 }
 
+/// A member key's `user_id` as Pusher clients get it (the HTTP API's users list).
+pub fn member_id(key: &str) -> Value {
+    member_parts(key).0
+}
+
 /// `pusher:unsubscribe`'s data.
 #[derive(Deserialize)]
 struct UnsubscribeData {
@@ -197,6 +240,8 @@ pub struct PusherWire {
     pub socket_id: Arc<str>,
     /// The member key this socket subscribed to each presence channel under.
     presence: Vec<(String, Arc<str>)>,
+    /// The user this socket signed in as (`pusher:signin`).
+    user: Option<Arc<str>>,
 }
 
 impl PusherWire {
@@ -205,7 +250,30 @@ impl PusherWire {
             app,
             socket_id,
             presence: Vec::new(),
+            user: None,
         }
+    }
+
+    /// Records a sign-in the session accepted; returns `pusher:signin_success`.
+    pub fn signed_in(&mut self, signin: &SignIn) -> Utf8Bytes {
+        self.user = Some(signin.user.clone());
+        let data = json!({ "user_data": signin.user_data });
+        event_frame("pusher:signin_success", None, &data.to_string())
+    }
+
+    /// The `pusher:error` that goes before the close of a refused sign-in.
+    pub fn signin_refused(&self, message: &str) -> Utf8Bytes {
+        pusher_error(Some(code::UNAUTHORIZED), message)
+    }
+
+    /// The names a socket signed in as `user` answers to for disconnects: the user's id (the
+    /// admin API's `/api/disconnect`) and the id within this app (the HTTP API's
+    /// `terminate_connections`).
+    pub fn user_names(&self, user: &Arc<str>) -> Vec<Arc<str>> {
+        vec![
+            user.clone(),
+            Arc::from(crate::pusher::user_name(&self.app.id, user)),
+        ]
     }
 
     /// Who this socket is in `room` when that is a presence channel it subscribed to.
@@ -245,6 +313,7 @@ impl PusherWire {
             )),
             "pusher:pong" => Decoded::Ignore,
             "pusher:subscribe" => self.subscribe(msg.data),
+            "pusher:signin" => Decoded::SignIn(self.signin(msg.data)),
             "pusher:unsubscribe" => {
                 let Some(data) = msg.data.and_then(parse_data::<UnsubscribeData>) else {
                     return bad("pusher:unsubscribe needs data.channel");
@@ -327,12 +396,38 @@ impl PusherWire {
                 self.presence.retain(|(c, _)| *c != channel.name);
                 self.presence.push((channel.name.clone(), key));
             }
-            ChannelKind::ServerToUser => return refuse(ErrorCode::Forbidden, "sign in first"),
+            ChannelKind::ServerToUser => {
+                let own = channel.name.strip_prefix(SERVER_TO_USER);
+                if own.is_none() || own != self.user.as_deref() {
+                    return refuse(
+                        ErrorCode::Forbidden,
+                        "only a connection signed in as this user may subscribe",
+                    );
+                }
+            }
         }
         Decoded::Command(ClientMsg::Join {
             room: channel.room(&self.app.id),
             since: None,
             id,
+        })
+    }
+
+    fn signin(&self, data: Option<&RawValue>) -> Result<SignIn, &'static str> {
+        let data = data
+            .and_then(parse_data::<SigninData>)
+            .ok_or("pusher:signin needs data.auth and data.user_data")?;
+        if !sign::user_auth_ok(&self.app, &data.auth, &self.socket_id, &data.user_data) {
+            return Err("invalid signin signature");
+        }
+        let user = signin_user(&data.user_data)
+            .ok_or("user_data needs an id: a string of channel-name characters")?;
+        if self.user.as_ref().is_some_and(|u| *u != user) {
+            return Err("this connection is signed in as another user");
+        }
+        Ok(SignIn {
+            user,
+            user_data: data.user_data,
         })
     }
 
@@ -410,10 +505,36 @@ impl PusherWire {
         }
     }
 
-    /// `pusher_internal:subscription_succeeded` for a room this socket joined; on a presence
-    /// channel with its members (`ids`, `hash`, `count`).
-    pub fn joined(&self, joined: &JoinedRoom) -> Option<Utf8Bytes> {
-        let channel = channel_of(&joined.room, &self.app.id)?;
+    /// How this socket joins `room`: on a presence channel as the member its channel auth
+    /// named (`user` elsewhere) under the app's `max_presence_members`; on a cache channel
+    /// with its last event replayed.
+    pub fn join_terms(&self, room: &RoomName, user: &Arc<str>) -> JoinTerms {
+        let channel = channel_of(room, &self.app.id).unwrap_or_default();
+        let member = self.member_of(room);
+        JoinTerms {
+            max_users: member.as_ref().map(|_| self.app.max_presence_members),
+            user: member.unwrap_or_else(|| user.clone()),
+            replay: if is_cache(channel) {
+                Replay::Last
+            } else {
+                Replay::Since(None)
+            },
+        }
+    }
+
+    /// `pusher_internal:subscription_succeeded` for a room this socket joined (on a presence
+    /// channel with its members: `ids`, `hash`, `count`), and on a cache channel with nothing
+    /// to replay, `pusher:cache_miss` after it.
+    pub fn joined(&self, joined: &JoinedRoom) -> (Option<Utf8Bytes>, Option<Utf8Bytes>) {
+        let Some(channel) = channel_of(&joined.room, &self.app.id) else {
+            return (None, None);
+        };
+        let miss = (is_cache(channel) && joined.replayed == 0)
+            .then(|| event_frame("pusher:cache_miss", Some(channel), "{}"));
+        (Some(self.subscription_succeeded(channel, joined)), miss)
+    }
+
+    fn subscription_succeeded(&self, channel: &str, joined: &JoinedRoom) -> Utf8Bytes {
         let data = if is_presence(channel) {
             let mut ids = Vec::with_capacity(joined.members.len());
             let mut hash = serde_json::Map::with_capacity(joined.members.len());
@@ -431,11 +552,11 @@ impl PusherWire {
         } else {
             "{}".to_string()
         };
-        Some(event_frame(
+        event_frame(
             "pusher_internal:subscription_succeeded",
             Some(channel),
             &data,
-        ))
+        )
     }
 
     /// `pusher_internal:member_added` / `member_removed` on presence channels; nothing on

@@ -383,6 +383,12 @@ async fn presence_and_whispers_span_the_nodes_of_a_cluster() {
     // Bob and Alice's second tab on gw-b, her first tab and the HTTP API on gw-a.
     let r = node_on(&a, Some(&b), "private_presence.mjs").await;
     assert_private_and_presence(&r);
+    // Alice's second tab on gw-b gets her events triggered on gw-a.
+    let r = node_on(&a, Some(&b), "signin.mjs").await;
+    assert_private_user_events(&r);
+    // terminate_connections on gw-a closes her tab on gw-b too.
+    let r = node_on(&a, Some(&b), "terminate.mjs").await;
+    assert_terminated(&r);
 }
 
 /// What `private_presence.mjs` must have seen, on one node or across two.
@@ -448,4 +454,353 @@ async fn client_events_past_the_rate_limit_get_4301_and_shutdown_closes_with_420
     // Shutdown: Pusher's "reconnect" close, 4200.
     gw.signal("TERM");
     assert_eq!(c.closed().await, Closed::Code(4200));
+}
+
+/// A raw Pusher socket of the test app, and the `socket_id` it was told.
+async fn raw_socket(gw: &Gateway) -> (Client, String) {
+    let mut c = gw
+        .open(socket_request(gw, "/app/app-key?protocol=7", Some(ORIGIN)))
+        .await
+        .expect("accepted");
+    let hello = recv_event(&mut c).await;
+    let socket_id = hello["data"]["socket_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no socket_id: {hello}"))
+        .to_string();
+    (c, socket_id)
+}
+
+/// `pusher:signin` as `user_data`, signed for `socket_id`.
+fn signin(socket_id: &str, user_data: &str) -> Value {
+    let signature = socket_id_signature(socket_id, user_data);
+    json!({"event": "pusher:signin",
+        "data": {"auth": format!("{KEY}:{signature}"), "user_data": user_data}})
+}
+
+fn subscribe(channel: &str) -> Value {
+    json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": ""}})
+}
+
+#[tokio::test]
+async fn a_signin_is_checked_and_opens_only_the_users_own_channel() {
+    let gw = Gateway::start_with(with_app).await;
+    let (mut c, socket_id) = raw_socket(&gw).await;
+    // Not signed in: a user's channel is refused, the socket stays open.
+    c.send(subscribe("#server-to-user-42")).await;
+    let refused = recv_event(&mut c).await;
+    assert_eq!(refused["event"], "pusher:subscription_error", "{refused}");
+    assert_eq!(refused["channel"], "#server-to-user-42");
+    assert_eq!(refused["data"]["type"], "AuthError", "{refused}");
+    assert_eq!(refused["data"]["status"], 401, "{refused}");
+
+    let user_data = r#"{"id":"42","user_info":{"name":"Ann"}}"#;
+    c.send(signin(&socket_id, user_data)).await;
+    let ok = recv_event(&mut c).await;
+    assert_eq!(ok["event"], "pusher:signin_success", "{ok}");
+    assert_eq!(ok["data"]["user_data"], user_data, "{ok}");
+    c.send(subscribe("#server-to-user-42")).await;
+    let own = recv_event(&mut c).await;
+    assert_eq!(
+        own["event"], "pusher_internal:subscription_succeeded",
+        "{own}"
+    );
+    assert_eq!(own["channel"], "#server-to-user-42");
+    c.send(subscribe("#server-to-user-43")).await;
+    let other = recv_event(&mut c).await;
+    assert_eq!(other["event"], "pusher:subscription_error", "{other}");
+    assert_eq!(other["data"]["type"], "AuthError", "{other}");
+
+    // A signature made for another socket: pusher:error 4009, then the close 4009.
+    let (mut d, _) = raw_socket(&gw).await;
+    d.send(signin(&socket_id, user_data)).await;
+    let err = recv_event(&mut d).await;
+    assert_eq!(err["event"], "pusher:error", "{err}");
+    assert_eq!(err["data"]["code"], 4009, "{err}");
+    assert_eq!(d.closed().await, Closed::Code(4009));
+    assert!(
+        !gw.logs()
+            .contains(&socket_id_signature(&socket_id, user_data)),
+        "a signature reached the log"
+    );
+}
+
+fn socket_id_signature(socket_id: &str, user_data: &str) -> String {
+    wsgate::pusher::sign::hmac_hex(
+        SECRET.as_bytes(),
+        &format!("{socket_id}::user::{user_data}"),
+    )
+}
+
+#[tokio::test]
+async fn send_to_user_reaches_every_signed_in_tab_of_that_user_only() {
+    let gw = Gateway::start_with(with_app).await;
+    let r = node(&gw, "signin.mjs").await;
+    assert_private_user_events(&r);
+}
+
+/// What `signin.mjs` must have seen, on one node or across two.
+fn assert_private_user_events(r: &Value) {
+    assert_eq!(
+        r["channels"],
+        json!([
+            "#server-to-user-alice",
+            "#server-to-user-alice",
+            "#server-to-user-bob"
+        ]),
+        "{r}"
+    );
+    assert_eq!(
+        r["got"],
+        json!({
+            "tab1": [{"text": "for alice"}],
+            "tab2": [{"text": "for alice"}],
+            "bob": [{"text": "for bob"}],
+        }),
+        "{r}"
+    );
+    assert_eq!(r["refused"]["channel"], "#server-to-user-alice", "{r}");
+    assert_eq!(r["refused"]["data"]["type"], "AuthError", "{r}");
+    assert_eq!(r["refused"]["data"]["status"], 401, "{r}");
+    assert_eq!(r["stillConnected"], "connected", "{r}");
+}
+
+#[tokio::test]
+async fn cache_channels_give_new_subscribers_the_last_event_or_a_cache_miss() {
+    let gw = Gateway::start_with(with_app).await;
+    let r = node(&gw, "cache.mjs").await;
+    let first = r["first"].as_array().expect("first");
+    assert_eq!(
+        first[..4],
+        [
+            json!("subscribed"),
+            json!("cache_miss"),
+            json!({"event": "score", "data": {"n": 1}}),
+            json!({"event": "score", "data": {"n": 2}}),
+        ],
+        "{r}"
+    );
+    // The late subscriber: the last event only, right after its subscription, no miss.
+    assert_eq!(
+        r["late"],
+        json!([
+            "subscribed",
+            {"event": "score", "data": {"n": 2}},
+            {"event": "marker", "data": {}},
+        ]),
+        "{r}"
+    );
+}
+
+/// Subscribes a raw socket to a private channel with a valid signature; returns the frames
+/// that follow up to and including `subscription_succeeded` and the one after it.
+async fn subscribe_private(c: &mut Client, socket_id: &str, channel: &str) -> (Value, Value) {
+    let signature =
+        wsgate::pusher::sign::hmac_hex(SECRET.as_bytes(), &format!("{socket_id}:{channel}"));
+    c.send(json!({"event": "pusher:subscribe",
+        "data": {"channel": channel, "auth": format!("{KEY}:{signature}")}}))
+        .await;
+    let ok = recv_event(c).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    (ok, recv_event(c).await)
+}
+
+#[tokio::test]
+async fn a_private_cache_channel_keeps_a_client_event_for_the_history_ttl() {
+    let gw = Gateway::start_with(|s| {
+        with_app(s);
+        s.set("rooms", "history_ttl", json!("1s"));
+    })
+    .await;
+    let (mut a, a_id) = raw_socket(&gw).await;
+    let (_, miss) = subscribe_private(&mut a, &a_id, "private-cache-x").await;
+    assert_eq!(miss["event"], "pusher:cache_miss", "{miss}");
+    assert_eq!(miss["channel"], "private-cache-x", "{miss}");
+    a.send(json!({"event": "client-move", "channel": "private-cache-x", "data": {"to": "e4"}}))
+        .await;
+    // Kept: the next subscriber gets it right after subscription_succeeded.
+    let (mut b, b_id) = raw_socket(&gw).await;
+    let (_, cached) = subscribe_private(&mut b, &b_id, "private-cache-x").await;
+    assert_eq!(cached["event"], "client-move", "{cached}");
+    assert_eq!(cached["data"], json!({"to": "e4"}), "{cached}");
+    // Past rooms.history_ttl the cache is empty again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut c, c_id) = raw_socket(&gw).await;
+    let (_, miss) = subscribe_private(&mut c, &c_id, "private-cache-x").await;
+    assert_eq!(miss["event"], "pusher:cache_miss", "{miss}");
+}
+
+#[tokio::test]
+async fn a_full_presence_channel_refuses_new_users_but_not_new_tabs() {
+    let gw = Gateway::start_with(|s| {
+        with_app(s);
+        s.set(
+            "pusher",
+            "apps",
+            json!([{
+                "id": APP_ID,
+                "key": KEY,
+                "secret": SECRET,
+                "allowed_origins": [ORIGIN],
+                "allow_missing_origin": true,
+                "max_presence_members": 2,
+            }]),
+        );
+    })
+    .await;
+    let r = node(&gw, "presence_limit.mjs").await;
+    assert_eq!(r["refused"]["type"], "LimitReached", "{r}");
+    assert_eq!(r["refused"]["status"], 403, "{r}");
+    assert!(r["refused"]["error"].is_string(), "{r}");
+    assert_eq!(r["carolState"], "connected", "{r}");
+    // Alice's second tab got in: still two members.
+    assert_eq!(r["count"], 2, "{r}");
+    let mut ids: Vec<String> = r["users"]["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| u["id"].to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["\"bob\"", "1"], "{r}");
+    assert_eq!(r["notPresence"], 400, "{r}");
+    // Three sockets of two users in presence-full; nobody in public-one.
+    assert_eq!(
+        r["triggered"],
+        json!({"channels": {
+            "presence-full": {"user_count": 2, "subscription_count": 3},
+            "public-one": {"subscription_count": 0},
+        }}),
+        "{r}"
+    );
+    assert_eq!(
+        r["batched"],
+        json!({"batch": [{"user_count": 2}, {}]}),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn terminate_connections_closes_every_tab_of_the_user_for_good() {
+    let gw = Gateway::start_with(with_app).await;
+    let r = node(&gw, "terminate.mjs").await;
+    assert_terminated(&r);
+}
+
+/// What `terminate.mjs` must have seen, on one node or across two.
+fn assert_terminated(r: &Value) {
+    for log in r["logs"].as_array().expect("logs") {
+        assert_eq!(log["codes"], json!([4009]), "{r}");
+        // Closed, and never connecting again.
+        assert_eq!(log["states"], json!(["disconnected"]), "{r}");
+    }
+    assert_eq!(
+        r["states"],
+        json!(["disconnected", "disconnected", "connected"]),
+        "{r}"
+    );
+    assert_eq!(
+        r["aliceChannel"],
+        json!({"occupied": false, "subscription_count": 0}),
+        "{r}"
+    );
+    assert_eq!(
+        r["bobChannel"],
+        json!({"occupied": true, "subscription_count": 1}),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_disconnects_signed_in_pusher_sockets_of_a_user() {
+    let gw = Gateway::start_with(with_app).await;
+    let mut native = gw.connect("carol").await;
+    let (mut signed, socket_id) = raw_socket(&gw).await;
+    signed.send(signin(&socket_id, r#"{"id":"carol"}"#)).await;
+    assert_eq!(
+        recv_event(&mut signed).await["event"],
+        "pusher:signin_success"
+    );
+    // Not signed in: not carol's, whatever it does.
+    let (mut anonymous, _) = raw_socket(&gw).await;
+    let (status, body) = gw
+        .api("POST", "/api/disconnect", Some(json!({"user": "carol"})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"closed": 2}));
+    assert_eq!(native.closed().await, Closed::Code(4003));
+    assert_eq!(signed.closed().await, Closed::Code(4009));
+    anonymous
+        .send(json!({"event":"pusher:ping","data":{}}))
+        .await;
+    assert_eq!(recv_event(&mut anonymous).await["event"], "pusher:pong");
+}
+
+#[tokio::test]
+async fn pusher_connections_and_handshakes_have_their_own_protocol_series() {
+    use crate::hub::{metric_value, metrics_text, wait_metric};
+    let gw = Gateway::start_with(with_app).await;
+    let _native = gw.connect("dora").await;
+    let (_a, _) = raw_socket(&gw).await;
+    let (b, _) = raw_socket(&gw).await;
+    gw.refused(
+        socket_request(&gw, "/app/app-key?protocol=7", Some("https://evil.example")),
+        403,
+    )
+    .await;
+    wait_metric(&gw, "wsgate_connections{protocol=\"pusher\"}", |v| v == 2.0).await;
+    let text = metrics_text(&gw).await;
+    // The native series are the ones the gateway always had.
+    assert_eq!(
+        metric_value(&text, "wsgate_connections"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "wsgate_handshakes_total{result=\"ok\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "wsgate_handshakes_total{result=\"ok\",protocol=\"pusher\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "wsgate_handshakes_total{result=\"bad_origin\",reason=\"origin_not_allowed\",protocol=\"pusher\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    b.close_and_wait_gone().await;
+    wait_metric(&gw, "wsgate_connections{protocol=\"pusher\"}", |v| v == 1.0).await;
+}
+
+#[tokio::test]
+async fn a_signin_takes_a_token_from_the_command_bucket() {
+    let gw = Gateway::start_with(|s| {
+        with_app(s);
+        s.set("limits", "commands_per_second", json!(1))
+            .set("limits", "command_burst", json!(1));
+    })
+    .await;
+    let (mut c, socket_id) = raw_socket(&gw).await;
+    let user_data = r#"{"id":"7"}"#;
+    c.send(signin(&socket_id, user_data)).await;
+    assert_eq!(recv_event(&mut c).await["event"], "pusher:signin_success");
+    // The bucket is empty: the same sign-in again is refused as over the rate (4301), the
+    // socket stays open.
+    c.send(signin(&socket_id, user_data)).await;
+    let err = recv_event(&mut c).await;
+    assert_eq!(err["event"], "pusher:error", "{err}");
+    assert_eq!(err["data"]["code"], 4301, "{err}");
+    c.send(json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(recv_event(&mut c).await["event"], "pusher:pong");
 }

@@ -1395,6 +1395,22 @@ impl Broker for RedisBroker {
         Box::pin(self.presence_join_now(room, user))
     }
 
+    fn users<'a>(&'a self, room: &'a RoomName) -> BrokerFuture<'a, Vec<Arc<str>>> {
+        Box::pin(async move {
+            let backend = self.backend()?;
+            let mut conn = backend.cmd.clone();
+            let users: Vec<String> = self
+                .call(
+                    "users",
+                    redis::cmd("HKEYS")
+                        .arg(self.names.room(room).users)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            Ok(users.into_iter().map(Arc::from).collect())
+        })
+    }
+
     fn presence_leave(&self, room: &RoomName, user: &Arc<str>) {
         {
             let mut p = lock(&self.presence);
