@@ -78,6 +78,11 @@ pub(crate) async fn node_on(gw: &Gateway, second: Option<&Gateway>, script: &str
 async fn pusher_js_receives_events_triggered_through_the_http_api() {
     let gw = Gateway::start_with(with_app).await;
     let result = node(&gw, "public_roundtrip.mjs").await;
+    assert_public_roundtrip(&result);
+}
+
+/// What `public_roundtrip.mjs` must have seen, on one node or across two.
+fn assert_public_roundtrip(result: &Value) {
     let socket_id = result["socketId"].as_str().expect("socket id");
     let (node_part, session) = socket_id.split_once('.').expect("<digits>.<digits>");
     assert!(node_part.bytes().all(|b| b.is_ascii_digit()) && !node_part.is_empty());
@@ -88,9 +93,15 @@ async fn pusher_js_receives_events_triggered_through_the_http_api() {
         json!([{"n": 1, "text": "héllo"}, {"n": 3}]),
         "{result}"
     );
+    // The other client was not excluded; and the count covers both sockets, wherever they are.
+    assert_eq!(
+        result["receivedByOther"],
+        json!([{"n": 1, "text": "héllo"}, {"n": 2}, {"n": 3}]),
+        "{result}"
+    );
     assert_eq!(
         result["info"],
-        json!({"occupied": true, "subscription_count": 1}),
+        json!({"occupied": true, "subscription_count": 2}),
         "{result}"
     );
     assert_eq!(
@@ -389,6 +400,9 @@ async fn presence_and_whispers_span_the_nodes_of_a_cluster() {
     // terminate_connections on gw-a closes her tab on gw-b too.
     let r = node_on(&a, Some(&b), "terminate.mjs").await;
     assert_terminated(&r);
+    // Events triggered on gw-a reach a subscriber on gw-b; the channel counts both nodes.
+    let r = node_on(&a, Some(&b), "public_roundtrip.mjs").await;
+    assert_public_roundtrip(&r);
 }
 
 /// What `private_presence.mjs` must have seen, on one node or across two.
