@@ -81,6 +81,30 @@ async fn laravel_echo_presence_counts_a_user_with_two_tabs_once_and_whispers_ski
 }
 
 #[tokio::test]
+async fn laravel_echo_signs_in_through_the_app_and_gets_send_to_user_events() {
+    let gw = Gateway::start_with(with_app).await;
+    let r = node(&gw, "echo_signin.mjs").await;
+    assert_eq!(
+        r["channels"],
+        json!([
+            "#server-to-user-alice",
+            "#server-to-user-alice",
+            "#server-to-user-bob"
+        ]),
+        "{r}"
+    );
+    assert_eq!(
+        r["got"],
+        json!({
+            "tab1": [{"text": "for alice"}],
+            "tab2": [{"text": "for alice"}],
+            "bob": [{"text": "for bob"}],
+        }),
+        "{r}"
+    );
+}
+
+#[tokio::test]
 async fn an_encrypted_channel_is_relayed_as_ciphertext_and_decrypted_by_the_client() {
     let gw = Gateway::start_with(with_app).await;
     let r = node(&gw, "echo_encrypted.mjs").await;

@@ -1,6 +1,6 @@
 // Laravel Echo (over pusher-js's Node build) against the gateway, and a tiny stand-in for the
-// Laravel app behind it: `POST /broadcasting/auth` signing with the `pusher` SDK as Laravel's
-// broadcaster does, and `POST /messages`, which triggers an event the way a controller calling
+// Laravel app behind it: `POST /broadcasting/auth` and `POST /broadcasting/user-auth` signing
+// with the `pusher` SDK as Laravel's broadcaster does, and `POST /messages`, which triggers an event the way a controller calling
 // `broadcast(...)->toOthers()` does: with the `X-Socket-ID` the client sent as `socket_id`.
 import http from "node:http";
 import Echo from "laravel-echo";
@@ -60,6 +60,14 @@ export async function startApp({ users = {}, forbidden = () => false, sdk = {} }
         const presence = channel.startsWith("presence-") ? user : undefined;
         return reply(200, api.authorizeChannel(form.get("socket_id") ?? "", channel, presence));
       }
+      if (req.method === "POST" && req.url === "/broadcasting/user-auth") {
+        const form = new URLSearchParams(body);
+        const token = (req.headers.authorization ?? "").replace(/^Bearer /, "");
+        const user = users[token];
+        if (!user) return reply(403, { message: "Forbidden" });
+        const userData = { id: String(user.user_id), user_info: user.user_info };
+        return reply(200, api.authenticateUser(form.get("socket_id") ?? "", userData));
+      }
       if (req.method === "POST" && req.url === "/messages") {
         const { channel, event, data } = JSON.parse(body);
         const socketId = req.headers["x-socket-id"];
@@ -94,6 +102,11 @@ export function echo(app, { user, port } = {}) {
     disableStats: true,
     authEndpoint: `${app.url}/broadcasting/auth`,
     auth: { headers: user ? { Authorization: `Bearer ${user}` } : {} },
+    userAuthentication: {
+      endpoint: `${app.url}/broadcasting/user-auth`,
+      transport: "ajax",
+      headers: user ? { Authorization: `Bearer ${user}` } : {},
+    },
   });
   e.connected = once("connection", (done) => e.connector.pusher.connection.bind("connected", done));
   return e;
