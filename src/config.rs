@@ -837,6 +837,19 @@ impl Config {
                  (Secure, Path=/, no Domain, set by the gateway's host)"
             ));
         }
+        let idle = self.server.idle_timeout;
+        for app in &self.pusher.apps {
+            if app.activity_timeout >= idle {
+                out.push(format!(
+                    "pusher.apps.activity_timeout of app {:?} ({}) is not below \
+                     server.idle_timeout ({}): a quiet Pusher client pings only after \
+                     activity_timeout, so it is closed as idle (4201) first",
+                    app.id,
+                    humantime::format_duration(app.activity_timeout),
+                    humantime::format_duration(idle)
+                ));
+            }
+        }
         out
     }
 
@@ -1321,6 +1334,25 @@ mod tests {
             Config::default().warnings().is_empty(),
             "no cookie, no warning"
         );
+    }
+
+    #[test]
+    fn a_pusher_activity_timeout_not_below_idle_timeout_is_warned_about() {
+        let app = |activity: &str| {
+            format!(
+                "[server]\nidle_timeout = \"60s\"\n[[pusher.apps]]\nid = \"1\"\nkey = \"k\"\n\
+                 secret = \"s\"\nactivity_timeout = \"{activity}\"\n"
+            )
+        };
+        let cfg = load_str(&app("60s"), &[]).expect("valid");
+        let warnings = cfg.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("pusher.apps.activity_timeout of app \"1\" (1m) is not below"),
+            "{warnings:?}"
+        );
+        let cfg = load_str(&app("30s"), &[]).expect("valid");
+        assert!(cfg.warnings().is_empty(), "{:?}", cfg.warnings());
     }
 
     #[test]
