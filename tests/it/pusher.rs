@@ -553,7 +553,7 @@ async fn send_to_user_reaches_every_signed_in_tab_of_that_user_only() {
 }
 
 /// What `signin.mjs` must have seen, on one node or across two.
-fn assert_private_user_events(r: &Value) {
+pub(crate) fn assert_private_user_events(r: &Value) {
     assert_eq!(
         r["channels"],
         json!([

@@ -1,8 +1,10 @@
 // User sign-in through the app's `/broadcasting/user-auth`, as a Laravel page does it
 // (pusher-js's `signin()` under Echo), and the backend's `sendToUser`: Alice's two tabs get her
-// notes, Bob gets only his. With WSGATE_PORT2 set, Alice's second tab is on another node.
+// notes, Bob gets only his, and his socket is refused Alice's own channel. With WSGATE_PORT2
+// set, Alice's second tab is on another node.
 import { env, next, run } from "./common.mjs";
 import { echo, startApp, watchdog } from "./echo_common.mjs";
+import { rawEvent } from "./users.mjs";
 
 watchdog();
 
@@ -43,7 +45,14 @@ run(async () => {
   await app.api.sendToUser("bob", "note", { text: "for bob" });
   await toBob;
 
+  // Bob's socket asks for Alice's channel itself (pusher-js would not build that channel).
+  const bobPusher = bob.connector.pusher;
+  const refusal = rawEvent(bobPusher, "pusher:subscription_error");
+  bobPusher.send_event("pusher:subscribe", { channel: "#server-to-user-alice", auth: "" });
+  const refused = await refusal;
+  const stillConnected = bobPusher.connection.state;
+
   for (const e of [tab1, tab2, bob]) e.disconnect();
   app.close();
-  return { channels, got };
+  return { channels, got, refused, stillConnected };
 });
