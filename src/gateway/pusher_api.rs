@@ -88,11 +88,12 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Value, A
     match (&method, route.as_str()) {
         (&Method::POST, "events") => {
             let event: Event = parse_json(&body)?;
-            let info = event.info.clone();
-            let channels = publish(shared, &app, event).await?;
-            match info {
+            let (channels, excluded) = check_event(&event)?;
+            publish(shared, &app, &event, &channels, excluded).await?;
+            match &event.info {
                 Some(info) => {
-                    Ok(json!({ "channels": attributes(shared, &app, &channels, &info).await? }))
+                    let occupied = occupied(shared, &app).await?;
+                    Ok(json!({ "channels": attributes(&occupied, &channels, info) }))
                 }
                 None => Ok(json!({})),
             }
@@ -105,23 +106,34 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Value, A
                     format!("at most {MAX_BATCH_EVENTS} events per batch"),
                 ));
             }
-            for event in &batch.batch {
-                check_event(event)?;
+            // Every event is checked before any is published: a bad one refuses the batch.
+            let checked = batch
+                .batch
+                .iter()
+                .map(check_event)
+                .collect::<Result<Vec<_>, _>>()?;
+            for (event, (channels, excluded)) in batch.batch.iter().zip(&checked) {
+                publish(shared, &app, event, channels, *excluded).await?;
             }
-            let mut answers = Vec::with_capacity(batch.batch.len());
-            for event in batch.batch {
-                let info = event.info.clone();
-                let channels = publish(shared, &app, event).await?;
-                answers.push(match info {
+            // The counts, read once for the batch, after every publish.
+            let occupied = if batch.batch.iter().any(|e| e.info.is_some()) {
+                occupied(shared, &app).await?
+            } else {
+                Vec::new()
+            };
+            let answers: Vec<Value> = batch
+                .batch
+                .iter()
+                .zip(&checked)
+                .map(|(event, (channels, _))| match &event.info {
                     // One channel per batched event: its attributes, flat.
-                    Some(info) => attributes(shared, &app, &channels, &info)
-                        .await?
+                    Some(info) => attributes(&occupied, channels, info)
                         .into_iter()
                         .next()
                         .map_or_else(|| json!({}), |(_, v)| v),
                     None => json!({}),
-                });
-            }
+                })
+                .collect();
             Ok(json!({ "batch": answers }))
         }
         (&Method::GET, "channels") => channels(shared, &app, &params).await,
@@ -206,16 +218,14 @@ async fn terminate(shared: &Arc<Shared>, app: &PusherApp, user: &str) -> Result<
 }
 
 /// The `info` attributes of `channels` after a publish: `{channel: {attribute: n}}`, with
-/// `user_count` for presence channels only.
-async fn attributes(
-    shared: &Arc<Shared>,
-    app: &PusherApp,
+/// `user_count` for presence channels only; `occupied` is [`occupied`]'s answer.
+fn attributes(
+    occupied: &[(String, usize, usize)],
     channels: &[Channel],
     info: &str,
-) -> Result<serde_json::Map<String, Value>, ApiError> {
+) -> serde_json::Map<String, Value> {
     let wanted = |a: &str| info.split(',').any(|w| w.trim() == a);
     let (user_count, subscription_count) = (wanted("user_count"), wanted("subscription_count"));
-    let occupied = occupied(shared, app).await?;
     let mut out = serde_json::Map::new();
     for channel in channels {
         let (users, sockets) = occupied
@@ -231,7 +241,7 @@ async fn attributes(
         }
         out.insert(channel.name.clone(), Value::Object(attrs));
     }
-    Ok(out)
+    out
 }
 
 /// The app's channels with members anywhere in the cluster: `(channel, users, sockets)`.
@@ -390,16 +400,17 @@ fn check_event(event: &Event) -> Result<(Vec<Channel>, Option<Origin>), ApiError
     Ok((channels, excluded))
 }
 
-/// Publishes one event; returns its channels.
+/// Publishes one event, checked by [`check_event`], to its channels.
 async fn publish(
     shared: &Arc<Shared>,
     app: &PusherApp,
-    event: Event,
-) -> Result<Vec<Channel>, ApiError> {
-    let (channels, excluded) = check_event(&event)?;
+    event: &Event,
+    channels: &[Channel],
+    excluded: Option<Origin>,
+) -> Result<(), ApiError> {
     let data = json!({ "event": event.name, "data": event.data_string() });
     let from: Arc<str> = Arc::from("@server");
-    for channel in &channels {
+    for channel in channels {
         let room = channel.room(&app.id);
         shared
             .hub
@@ -407,7 +418,7 @@ async fn publish(
             .await
             .map_err(|e| unavailable(app, "publish", &e))?;
     }
-    Ok(channels)
+    Ok(())
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
