@@ -20,20 +20,25 @@ pub(crate) const KEY: &str = "app-key";
 pub(crate) const SECRET: &str = "pusher-test-secret-0123456789abcdef";
 
 pub(crate) fn with_app(s: &mut Settings) {
+    with_app_and(s, json!({}));
+}
+
+/// [`with_app`] with more keys for the app (`{"max_presence_members": 2}`).
+pub(crate) fn with_app_and(s: &mut Settings, extra: Value) {
     // Node and its modules take a while to load on a busy machine; the handshake timeout's
     // own behaviour is tested elsewhere.
     s.set("server", "handshake_timeout", json!("30s"));
-    s.set(
-        "pusher",
-        "apps",
-        json!([{
-            "id": APP_ID,
-            "key": KEY,
-            "secret": SECRET,
-            "allowed_origins": [ORIGIN],
-            "allow_missing_origin": true,
-        }]),
-    );
+    let mut app = json!({
+        "id": APP_ID,
+        "key": KEY,
+        "secret": SECRET,
+        "allowed_origins": [ORIGIN],
+        "allow_missing_origin": true,
+    });
+    if let (Some(app), Value::Object(extra)) = (app.as_object_mut(), extra) {
+        app.extend(extra);
+    }
+    s.set("pusher", "apps", json!([app]));
 }
 
 /// Runs `tests/pusher/<script>` against `gw`; returns its JSON result, or panics with its
@@ -648,22 +653,7 @@ async fn a_private_cache_channel_keeps_a_client_event_for_the_history_ttl() {
 
 #[tokio::test]
 async fn a_full_presence_channel_refuses_new_users_but_not_new_tabs() {
-    let gw = Gateway::start_with(|s| {
-        with_app(s);
-        s.set(
-            "pusher",
-            "apps",
-            json!([{
-                "id": APP_ID,
-                "key": KEY,
-                "secret": SECRET,
-                "allowed_origins": [ORIGIN],
-                "allow_missing_origin": true,
-                "max_presence_members": 2,
-            }]),
-        );
-    })
-    .await;
+    let gw = Gateway::start_with(|s| with_app_and(s, json!({"max_presence_members": 2}))).await;
     let r = node(&gw, "presence_limit.mjs").await;
     assert_eq!(r["refused"]["type"], "LimitReached", "{r}");
     assert_eq!(r["refused"]["status"], 403, "{r}");
