@@ -421,47 +421,49 @@ async fn join(conn: &mut Conn, room: &str, pusher: Option<&PusherApp>) -> Result
         wsgate::pusher::sign::hmac_hex(&app.secret, &format!("{socket_id}:{channel}"))
     );
     let req = json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth}});
-    let ws = &mut conn.ws;
-    ws.send(Message::text(req.to_string()))
-        .await
-        .map_err(|e| format!("subscribe: {e}"))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return Err("subscribe timeout".into()),
-            Ok(Some(Ok(Message::Text(t)))) => {
-                if t.contains("pusher_internal:subscription_succeeded") {
-                    return Ok(());
-                }
-                if t.contains("pusher:subscription_error") || t.contains("pusher:error") {
-                    return Err(format!("subscribe refused: {t}"));
-                }
-            }
-            Ok(Some(Ok(_))) => {}
-            Ok(_) => return Err("closed while subscribing".into()),
-        }
-    }
+    let refused = ["pusher:subscription_error", "pusher:error"];
+    let ok = "pusher_internal:subscription_succeeded";
+    request(&mut conn.ws, req.to_string(), "subscribe", ok, &refused).await
 }
 
 async fn join_native(ws: &mut Ws, room: &str) -> Result<(), String> {
     let req = json!({"type":"join","room":room,"id":1}).to_string();
+    request(
+        ws,
+        req,
+        "join",
+        "\"type\":\"joined\"",
+        &["\"type\":\"error\""],
+    )
+    .await
+}
+
+/// Sends `req` and waits (30 s at most) for a frame holding `ok`; a frame holding one of
+/// `refused` is an error.
+async fn request(
+    ws: &mut Ws,
+    req: String,
+    what: &str,
+    ok: &str,
+    refused: &[&str],
+) -> Result<(), String> {
     ws.send(Message::text(req))
         .await
-        .map_err(|e| format!("join: {e}"))?;
+        .map_err(|e| format!("{what}: {e}"))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return Err("join timeout".into()),
+            Err(_) => return Err(format!("{what} timeout")),
             Ok(Some(Ok(Message::Text(t)))) => {
-                if t.contains("\"type\":\"joined\"") {
+                if t.contains(ok) {
                     return Ok(());
                 }
-                if t.contains("\"type\":\"error\"") {
-                    return Err(format!("join refused: {t}"));
+                if refused.iter().any(|r| t.contains(r)) {
+                    return Err(format!("{what} refused: {t}"));
                 }
             }
             Ok(Some(Ok(_))) => {}
-            Ok(_) => return Err("closed while joining".into()),
+            Ok(_) => return Err(format!("closed during {what}")),
         }
     }
 }
