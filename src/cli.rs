@@ -506,32 +506,6 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
         api_key: cfg.admin.api_key.clone(),
     });
     let grace = cfg.server.shutdown_grace;
-    let host = if public.ip().is_loopback() {
-        "localhost".to_string()
-    } else {
-        public.ip().to_string()
-    };
-    info!(
-        listen = %public,
-        admin = %admin_local,
-        "wsgate ready: wss://{host}:{}{} (demo page https://{host}:{}/)",
-        public.port(),
-        cfg.server.ws_path,
-        public.port()
-    );
-    if cfg.tls.generate_dev_cert {
-        info!(
-            "dev token: cargo run --release -- token --sub alice --config {}   then open https://{host}:{}/#token=<token>",
-            path.display(),
-            public.port()
-        );
-    }
-    let running = Arc::new(Running {
-        path,
-        config: std::sync::Mutex::new(cfg),
-        server: server.clone(),
-        filter,
-    });
 
     let accept = tokio::spawn(server.clone().run(listener));
     let admin_task = tokio::spawn(admin.run(admin_listener));
@@ -555,6 +529,35 @@ async fn run(path: PathBuf, cfg: Config, filter: FilterHandle) -> anyhow::Result
         })
     };
 
+    // Logged once every long-lived task exists: whoever waits for this line (an init
+    // system, a test) finds the listeners served and the upkeep running.
+    let host = if public.ip().is_loopback() {
+        "localhost".to_string()
+    } else {
+        public.ip().to_string()
+    };
+    info!(
+        listen = %public,
+        admin = %admin_local,
+        "wsgate ready: wss://{host}:{}{} (demo page https://{host}:{}/)",
+        public.port(),
+        cfg.server.ws_path,
+        public.port()
+    );
+    if cfg.tls.generate_dev_cert {
+        info!(
+            "dev token: cargo run --release -- token --sub alice --config {}   then open https://{host}:{}/#token=<token>",
+            path.display(),
+            public.port()
+        );
+    }
+
+    let running = Arc::new(Running {
+        path,
+        config: std::sync::Mutex::new(cfg),
+        server: server.clone(),
+        filter,
+    });
     signals.wait(&running).await;
 
     // Not ready from here on (before the log line, so whoever reads it sees /readyz 503).
