@@ -19,6 +19,7 @@
 //! 400 for a malformed one, 413 for `data` over 10 KB. The signature, the query and the body
 //! never reach a log.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,14 +188,14 @@ async fn channel_users(
         .users(&channel.room(&app.id))
         .await
         .map_err(|e| unavailable(app, "users query", &e))?;
-    let mut ids: Vec<Value> = Vec::with_capacity(members.len());
-    for member in &members {
-        let id = member_id(member);
-        if !ids.contains(&id) {
-            ids.push(id);
-        }
-    }
-    let users: Vec<Value> = ids.into_iter().map(|id| json!({ "id": id })).collect();
+    // A member is its user id and info: one user whose tabs sent other info is listed once.
+    let mut seen = HashSet::with_capacity(members.len());
+    let users: Vec<Value> = members
+        .iter()
+        .map(|member| member_id(member))
+        .filter(|id| seen.insert(id.to_string()))
+        .map(|id| json!({ "id": id }))
+        .collect();
     Ok(json!({ "users": users }))
 }
 

@@ -92,58 +92,42 @@ impl Wire {
     /// `subscription_succeeded` is followed by `pusher:cache_miss` when it has nothing to
     /// replay), and the live publication it carries, for the fan-out accounting.
     fn frame(&self, item: Outbound) -> Framed {
-        if let (Wire::Pusher(w), Outbound::Joined(j)) = (self, &item) {
-            let (joined, miss) = w.joined(j);
-            return Framed {
-                msg: joined.map(Message::Text),
-                then: miss.map(Message::Text),
-                live: None,
-            };
-        }
-        let (msg, live) = self.frame_one(item);
-        Framed {
-            msg,
-            then: None,
-            live,
-        }
-    }
-
-    fn frame_one(&self, item: Outbound) -> (Option<Message>, Option<Arc<Publication>>) {
         let text = |t: Utf8Bytes| Some(Message::Text(t));
         match (self, item) {
-            (_, Outbound::Frame(f)) => (text(f), None),
-            (Wire::Native, Outbound::Replay(p)) => (text(p.frame.clone()), None),
-            (Wire::Native, Outbound::Live(p)) => (text(p.frame.clone()), Some(p)),
-            (Wire::Native, Outbound::Joined(j)) => (
-                text(Utf8Bytes::from(
-                    ServerMsg::Joined {
-                        room: j.room.as_str(),
-                        epoch: &j.epoch,
-                        offset: j.offset,
-                        recovered: j.recovered,
-                        members: &j.members,
-                        members_total: j.members_total,
-                        id: j.id.as_ref(),
-                    }
-                    .to_text(),
-                )),
-                None,
-            ),
-            (Wire::Native, Outbound::Presence(n)) => (
-                text(Utf8Bytes::from(
-                    ServerMsg::Presence {
-                        room: n.room.as_str(),
-                        event: n.change.event,
-                        user: &n.change.user,
-                    }
-                    .to_text(),
-                )),
-                None,
-            ),
-            (Wire::Pusher(w), Outbound::Replay(p)) => (text(w.publication(&p)), None),
-            (Wire::Pusher(w), Outbound::Live(p)) => (text(w.publication(&p)), Some(p)),
-            (Wire::Pusher(_), Outbound::Joined(_)) => (None, None), // framed by `frame`
-            (Wire::Pusher(w), Outbound::Presence(n)) => (w.presence(&n).and_then(text), None),
+            (_, Outbound::Frame(f)) => Framed::of(text(f)),
+            (Wire::Native, Outbound::Replay(p)) => Framed::of(text(p.frame.clone())),
+            (Wire::Native, Outbound::Live(p)) => Framed::live(p.frame.clone(), p),
+            (Wire::Native, Outbound::Joined(j)) => Framed::of(text(Utf8Bytes::from(
+                ServerMsg::Joined {
+                    room: j.room.as_str(),
+                    epoch: &j.epoch,
+                    offset: j.offset,
+                    recovered: j.recovered,
+                    members: &j.members,
+                    members_total: j.members_total,
+                    id: j.id.as_ref(),
+                }
+                .to_text(),
+            ))),
+            (Wire::Native, Outbound::Presence(n)) => Framed::of(text(Utf8Bytes::from(
+                ServerMsg::Presence {
+                    room: n.room.as_str(),
+                    event: n.change.event,
+                    user: &n.change.user,
+                }
+                .to_text(),
+            ))),
+            (Wire::Pusher(w), Outbound::Replay(p)) => Framed::of(text(w.publication(&p))),
+            (Wire::Pusher(w), Outbound::Live(p)) => Framed::live(w.publication(&p), p),
+            (Wire::Pusher(w), Outbound::Joined(j)) => {
+                let (joined, miss) = w.joined(&j);
+                Framed {
+                    msg: joined.map(Message::Text),
+                    then: miss.map(Message::Text),
+                    live: None,
+                }
+            }
+            (Wire::Pusher(w), Outbound::Presence(n)) => Framed::of(w.presence(&n).and_then(text)),
         }
     }
 
@@ -174,6 +158,26 @@ struct Framed {
     msg: Option<Message>,
     then: Option<Message>,
     live: Option<Arc<Publication>>,
+}
+
+impl Framed {
+    /// One frame (or none), no live publication.
+    fn of(msg: Option<Message>) -> Self {
+        Framed {
+            msg,
+            then: None,
+            live: None,
+        }
+    }
+
+    /// A live publication's frame.
+    fn live(frame: Utf8Bytes, publication: Arc<Publication>) -> Self {
+        Framed {
+            msg: Some(Message::Text(frame)),
+            then: None,
+            live: Some(publication),
+        }
+    }
 }
 
 /// Everything a session needs from its handshake.
